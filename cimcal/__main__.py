@@ -1,0 +1,5 @@
+import sys
+
+from cimcal.cli import main
+
+sys.exit(main())
