@@ -135,6 +135,10 @@ def write_table(
                 pcsv.write_csv(arrow, sink)
         else:
             pcsv.write_csv(arrow, temporary)
+        # mkstemp creates 0600 files; give the table the permissions of any other file the user writes.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
         os.replace(temporary, target)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

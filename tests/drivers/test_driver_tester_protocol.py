@@ -1,0 +1,151 @@
+"""CIMTester byte-exact exchanges (PyMeasure expected_protocol): commands, blocks, errors, limits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from driver_fixtures import CONFIG_EXCHANGE, NO_ERROR
+from pymeasure.test import expected_protocol
+
+from cimcal.drivers.instrument import ieee_block, parse_ieee_block
+from cimcal.drivers.limits import SafeLimits
+from cimcal.drivers.tester import CIMTester
+from cimcal.errors import InstrumentError, LimitError
+
+
+def test_config_is_read_once_with_the_documented_queries():
+    with expected_protocol(CIMTester, CONFIG_EXCHANGE) as tester:
+        cfg = tester.config
+        assert tester.config is cfg
+    assert (cfg.arrays, cfg.rows, cfg.cols, cfg.levels) == (2, 2, 3, 4)
+    assert cfg.targets_us == (1.0, 5.0, 9.0, 13.0)
+    assert cfg.adc_range_ua == (0.0, 100.0) and cfg.dac_range_v == (0.0, 0.2) and cfg.v_read_max_v == 0.2
+
+
+def test_read_map_parses_a_little_endian_float32_block():
+    values = np.arange(6, dtype="<f4") * 1.5
+    block = ieee_block(values.tobytes()) + b"\n"
+    window = np.array([7.0, 8.0], dtype="<f4")
+    with expected_protocol(CIMTester, CONFIG_EXCHANGE + [
+        ("READ:MAP? 1", block),
+        ("READ:MAP? 0,1,2,0,2", ieee_block(window.tobytes()) + b"\n"),
+    ]) as tester:
+        full = tester.read_map(1)
+        part = tester.read_map(0, rows=(1, 2), cols=(0, 2))
+    np.testing.assert_array_equal(full, values.reshape(2, 3))
+    assert full.dtype == np.float32
+    np.testing.assert_array_equal(part, [[7.0, 8.0]])
+
+
+def test_program_array_sends_a_uint8_block_then_checks_the_error_queue():
+    levels = np.array([[0, 1, 2], [3, 2, 1]])
+    message = b"PROG:ARR 1,#16" + bytes([0, 1, 2, 3, 2, 1]) + b"\n"
+    with expected_protocol(CIMTester, CONFIG_EXCHANGE + [(message, None), NO_ERROR]) as tester:
+        tester.program_array(1, levels)
+
+
+def test_program_cells_sends_int32_triples():
+    triples = np.array([[0, 2, 3], [1, 0, 1]], dtype="<i4").tobytes()
+    message = b"PROG:CELL 0," + ieee_block(triples) + b"\n"
+    with expected_protocol(CIMTester, CONFIG_EXCHANGE + [(message, None), NO_ERROR]) as tester:
+        tester.program_cells(0, [0, 1], [2, 0], [3, 1])
+
+
+def test_mvm_and_adc_test_exchange_blocks_both_ways():
+    inputs = np.array([[0.1, 0.0], [0.05, 0.2]], dtype="<f4")
+    codes = np.array([[1, 2, 3], [4, 5, 6]], dtype="<i2")
+    adc_in = np.array([0.0, 50.0, 100.0], dtype="<f4")
+    adc_codes = np.array([0, 128, 255], dtype="<i2")
+    with expected_protocol(CIMTester, CONFIG_EXCHANGE + [
+        (b"MVM? 0,2," + ieee_block(inputs.tobytes()) + b"\n", ieee_block(codes.tobytes()) + b"\n"),
+        (b"ADC:TEST? 1,2," + ieee_block(adc_in.tobytes()) + b"\n", ieee_block(adc_codes.tobytes()) + b"\n"),
+    ]) as tester:
+        out = tester.mvm(0, inputs)
+        adc = tester.adc_test(1, 2, adc_in)
+    np.testing.assert_array_equal(out, codes)
+    np.testing.assert_array_equal(adc, adc_codes)
+
+
+def test_program_result_and_time_blocks():
+    pulses = np.array([3, 0, -1, 7, 2, 1], dtype="<i2")
+    times = np.array([1.5, np.nan, 2.0, 2.5, 3.0, 3.5], dtype="<f8")
+    with expected_protocol(CIMTester, CONFIG_EXCHANGE + [
+        ("PROG:RES? 0", ieee_block(pulses.tobytes()) + b"\n"),
+        ("PROG:TIME? 0", ieee_block(times.tobytes()) + b"\n"),
+    ]) as tester:
+        np.testing.assert_array_equal(tester.program_result(0), pulses.reshape(2, 3))
+        np.testing.assert_array_equal(tester.program_time(0), times.reshape(2, 3))
+
+
+def test_clock_temperature_and_cell_read():
+    with expected_protocol(CIMTester, [
+        ("CLOC?", "12.5"), ("CLOC:ADV 3600", None), NO_ERROR,
+        ("TEMP 45", None), NO_ERROR, ("TEMP?", "45.0"),
+        *CONFIG_EXCHANGE, ("READ:CELL? 1,1,2", "17.25"),
+        ("*IDN?", "CIMCAL,SIMCHIP-RRAM,0,0.1.0"),
+    ]) as tester:
+        assert tester.clock() == 12.5
+        tester.advance(3600)
+        assert tester.temperature(45) == 45.0
+        assert tester.read_cell(1, 1, 2) == 17.25
+        assert tester.idn == "CIMCAL,SIMCHIP-RRAM,0,0.1.0"
+        assert tester.idn == "CIMCAL,SIMCHIP-RRAM,0,0.1.0"  # cached: asked once
+
+
+def test_error_queue_is_drained_and_raised_with_the_command():
+    levels = np.zeros((2, 3), dtype=int)
+    with expected_protocol(CIMTester, CONFIG_EXCHANGE + [
+        (b"PROG:ARR 0,#16" + bytes(6) + b"\n", None),
+        ("SYST:ERR?", '-222,"Data out of range;level 9"'),
+        ("SYST:ERR?", '-350,"Queue overflow"'),
+        NO_ERROR,
+    ]) as tester:
+        with pytest.raises(InstrumentError) as info:
+            tester.program_array(0, levels)
+    err = info.value
+    assert err.command.startswith("PROG:ARR 0,")
+    assert "-222,Data out of range;level 9" in err.reply and "-350" in err.reply
+
+
+@pytest.mark.parametrize("action", [
+    lambda t: t.mvm(0, np.full((1, 2), 0.25)),               # above the chip's 0.2 V read limit
+    lambda t: t.adc_test(0, 0, [20_000.0]),                    # above adc_test_max_ua
+    lambda t: t.read_map(2),                                   # no array 2
+    lambda t: t.read_map(0, rows=(1, 3)),                      # window past the last row
+    lambda t: t.program_array(0, np.full((2, 3), 4)),          # level 4 of 4 levels
+    lambda t: t.program_cells(0, [0], [3], [1]),               # column 3 of 3
+    lambda t: t.read_cell(0, 0, -1),
+    lambda t: t.advance(-1.0),
+    lambda t: setattr(t, "temperature_c", 150.0),              # above temp_max_c
+])
+def test_limits_refuse_before_anything_is_sent(action):
+    # After the config queries the protocol is empty: any byte sent would fail the exchange.
+    with expected_protocol(CIMTester, CONFIG_EXCHANGE) as tester:
+        tester.config  # noqa: B018 - the geometry the checks use
+        with pytest.raises(LimitError, match="nothing was sent|outside"):
+            action(tester)
+
+
+def test_configured_limits_are_stricter_than_the_chip():
+    limits = SafeLimits(v_read_max_v=0.05)
+    with expected_protocol(CIMTester, CONFIG_EXCHANGE, limits=limits) as tester:
+        with pytest.raises(LimitError, match=r"\[0, 0.05\]"):
+            tester.mvm(0, np.full((1, 2), 0.1))
+
+
+def test_garbled_block_without_a_connection_to_reset_is_a_clear_error():
+    with expected_protocol(CIMTester, CONFIG_EXCHANGE + [("READ:MAP? 0", b"XX")]) as tester:
+        with pytest.raises(InstrumentError, match="garbled reply.*IEEE 488.2"):
+            tester.read_map(0)
+
+
+def test_ieee_block_round_trip_and_malformed_blocks():
+    values = np.array([1.0, -2.5, 3.25], dtype="<f4")
+    raw = ieee_block(values.tobytes())
+    assert raw[:4] == b"#212"
+    np.testing.assert_array_equal(parse_ieee_block(raw + b"\n", "f4"), values)
+    from cimcal.drivers.instrument import GarbledReply
+
+    for bad in (b"#0", b"#3012abc", b"#212" + bytes(8), b"212" + bytes(12)):
+        with pytest.raises(GarbledReply):
+            parse_ieee_block(bad, "f4")
