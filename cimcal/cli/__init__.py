@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
     try:
-        cli.main(args=args, prog_name="cimcal", standalone_mode=False)
+        # Outside standalone mode click returns what the command returned, or the code of ctx.exit(code).
+        result = cli.main(args=args, prog_name="cimcal", standalone_mode=False)
     except CimcalError as err:
         if debug:
             raise
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         return 130
-    return 0
+    return result if isinstance(result, int) else 0
 
 
 
