@@ -13,7 +13,9 @@ import numpy as np
 import pandas as pd
 
 from cimcal.drivers.campaign_store import CampaignStore
-from cimcal.drivers.campaigns import CampaignResult, _now, _prepare, _progress, chip_id_from_idn
+from cimcal.drivers.campaigns import (CampaignResult, _now, _prepare, _progress, check_temperature,
+                                      chip_id_from_idn)
+from cimcal.drivers.limits import check_range
 from cimcal.drivers.tester import CIMTester
 from cimcal.errors import ConfigError
 
@@ -62,20 +64,26 @@ def run_adc_campaign(tester: CIMTester, out_dir: str, plan: AdcPlan, *, resume: 
     a chunk is ``cols_per_chunk`` columns. The ADC has no programmed state: resume just continues.
     """
     plan = plan.validate()
+    # everything that can refuse is checked before the output directory is created
+    idn = tester.idn
+    cfg = tester.config
+    if plan.cols[1] > cfg.cols or not 0 <= plan.array < cfg.arrays:
+        raise ConfigError(f"columns {plan.cols} of array {plan.array} do not fit the chip "
+                          f"({cfg.arrays} arrays of {cfg.cols} columns)")
+    check_temperature(tester, plan.temp_c)
+    lo, hi = cfg.adc_range_ua
+    span = hi - lo
+    inputs_ua = np.linspace(lo - plan.margin * span, hi + plan.margin * span, plan.n_points)
+    peak = float(np.max(np.abs(inputs_ua.astype(np.float32))))
+    check_range("|ADC test input| (ADC range + margin)", peak, 0.0, float(np.float32(tester.limits.adc_test_max_ua)),
+                command="ADC:TEST?", unit=" uA", limit="adc_test_max_ua")
     store = CampaignStore.open(out_dir, campaign="adc", kind="adc", options=plan.options(), resume=resume)
     resumed = store.n_committed > 0
     chunks = plan.chunks()
     if store.complete:
         return CampaignResult(str(store.directory), len(chunks), 0,
                               sum(c["rows"] for c in store.manifest["chunks"]), resumed)
-    idn = _prepare(tester, store, plan.temp_c, provenance)
-    cfg = tester.config
-    if plan.cols[1] > cfg.cols or not 0 <= plan.array < cfg.arrays:
-        raise ConfigError(f"columns {plan.cols} of array {plan.array} do not fit the chip "
-                          f"({cfg.arrays} arrays of {cfg.cols} columns)")
-    lo, hi = cfg.adc_range_ua
-    span = hi - lo
-    inputs_ua = np.linspace(lo - plan.margin * span, hi + plan.margin * span, plan.n_points)
+    _prepare(tester, store, plan.temp_c, provenance)
     sweep = np.tile(inputs_ua, plan.n_repeats)
     repeats = np.repeat(np.arange(plan.n_repeats), plan.n_points)
     chip = chip_id or chip_id_from_idn(idn)
@@ -99,7 +107,7 @@ def run_adc_campaign(tester: CIMTester, out_dir: str, plan: AdcPlan, *, resume: 
                 "temp_c": np.full(n, temp_c),
             })
             metadata = {"campaign": "adc", "chunk": index, "instrument_idn": idn, "chip_id": chip,
-                        "plan": plan.options(), "adc_bits": cfg.adc_bits, "adc_range_ua": list(cfg.adc_range_ua),
+                        "source": tester.resource_name, "input_unit": "uA", "plan": plan.options(), "adc_bits": cfg.adc_bits, "adc_range_ua": list(cfg.adc_range_ua),
                         "temp_c": temp_c, "started": started,
                         **{k: v for k, v in store.manifest["provenance"].items() if k in ("preset", "seed")}}
             store.commit_chunk(index, table, "adc", metadata, started=started)

@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from cimcal.drivers.campaign_store import CampaignStore
-from cimcal.drivers.campaigns import CampaignResult
+from cimcal.drivers.campaigns import CampaignResult, check_idn, record_run
+from cimcal.drivers.limits import SafeLimits
 from cimcal.drivers.smu import ConductanceProbe
 from cimcal.errors import ConfigError
 
@@ -55,8 +56,11 @@ def run_device_campaign(probe: ConductanceProbe, out_dir: str, plan: DevicePlan,
     store = CampaignStore.open(out_dir, campaign="smu", kind="conductance", options=asdict(plan), resume=resume)
     starts = list(range(0, plan.n_reads, plan.reads_per_chunk))
     resumed = store.n_committed > 0
-    if not store.manifest["provenance"]:
-        store.update("provenance", instrument_idn=probe.idn)
+    check_idn(store, probe.idn)  # a resume must use the same instrument
+    resource = getattr(probe, "resource_name", None)
+    if not store.manifest["provenance"].get("instrument_idn"):
+        store.update("provenance", instrument_idn=probe.idn, resource=resource)
+    record_run(store, getattr(probe, "limits", SafeLimits()), instrument_idn=probe.idn, resource=resource)
     run = 0
     with tqdm(total=plan.n_reads, initial=min(plan.n_reads, store.n_committed * plan.reads_per_chunk),
               unit="read", file=sys.stderr, disable=not progress) as bar:
@@ -73,7 +77,7 @@ def run_device_campaign(probe: ConductanceProbe, out_dir: str, plan: DevicePlan,
             if plan.g_target_us is not None:
                 table["g_target_us"] = float(plan.g_target_us)
             store.commit_chunk(index, table, "conductance", {"campaign": "smu", "chunk": index,
-                                                             "instrument_idn": probe.idn}, started=started)
+                                                             "instrument_idn": probe.idn, "source": resource}, started=started)
             run += 1
             bar.update(n)
     store.finish()

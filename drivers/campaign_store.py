@@ -60,6 +60,10 @@ def _sha256(path: Path) -> str:
 class CampaignStore:
     """A campaign's output directory: create or resume, commit chunks, keep chip state.
 
+    A directory whose manifest lists no committed chunk (a run refused or killed before its first
+    chunk) holds nothing worth keeping: opening it again, with or without ``resume``, is allowed
+    (with ``resume`` and the same options its chip state is kept; otherwise it starts afresh).
+
     Use :meth:`create` for a fresh run and :meth:`resume` to continue one; both return a store
     whose :attr:`manifest` is the committed truth.
     """
@@ -76,10 +80,16 @@ class CampaignStore:
         path = Path(directory)
         manifest_path = path / MANIFEST_NAME
         if manifest_path.exists():
-            if not resume:
-                raise ConfigError(f"{path} already holds a campaign ({MANIFEST_NAME}); pass --resume to "
-                                  "continue it or choose another output directory")
             store = cls(path, cls._load(manifest_path))
+            if store.n_committed == 0 and not (resume and store._same(campaign, options)):
+                # a run refused or stopped before its first chunk: nothing to keep, start afresh
+                store._drop_orphans()
+                manifest_path.unlink()
+                return cls.open(path, campaign=campaign, kind=kind, options=options, resume=False)
+            if not resume:
+                raise ConfigError(f"{path} already holds a campaign ({MANIFEST_NAME}) with {store.n_committed} "
+                                  "committed chunk(s); pass --resume to continue it or choose another output "
+                                  "directory")
             store._check_same(campaign, options)
             store._drop_orphans()
             return store
@@ -106,6 +116,9 @@ class CampaignStore:
             raise ConfigError(f"{manifest_path}: unknown manifest format {manifest.get('format')!r}, "
                               f"expected {MANIFEST_FORMAT!r}")
         return manifest
+
+    def _same(self, campaign: str, options: dict[str, Any]) -> bool:
+        return self.manifest["campaign"] == campaign and self.manifest["options"] == options
 
     def _check_same(self, campaign: str, options: dict[str, Any]) -> None:
         path = self.directory / MANIFEST_NAME

@@ -24,9 +24,16 @@ Resume (``--resume``) and the chip's state
 The drift schedule
     ``t_s`` is the nominal time since programming at which a chunk is read. Before a chunk of time
     point ``t`` the campaign waits until the tester clock (``CLOCk?``) reaches
-    ``program_clock + t``: :class:`AdvanceClock` ages the simulated chip with ``CLOCk:ADVance``,
-    :class:`WallClockWait` sleeps on real hardware. A chip already past the time point (resumed
-    late) is read at once; the actual clock at read is in the part file's metadata.
+    ``program_clock + t`` (the end of the window's programming): :class:`AdvanceClock` ages the
+    simulated chip with ``CLOCk:ADVance``, :class:`WallClockWait` sleeps on real hardware (refused
+    on the simulated chip, whose clock only moves with commands: it would wait forever). A chip
+    already past the time point (resumed late) is read at once.
+
+    The ``t_s`` *column* is per cell, as docs/data-format.md defines it: the tester clock at the
+    start of that read (``CLOCk?``) minus the time that cell was last programmed (``PROG:TIME?``,
+    one binary block per array, read once per run). It is therefore >= the nominal time point;
+    the nominal value (``t_nominal_s``), the clock of each read (``clock_at_read_s``) and the
+    programming ``epoch`` are in the part file's metadata (the table contract has no epoch column).
 """
 
 from __future__ import annotations
@@ -43,9 +50,9 @@ import numpy as np
 import pandas as pd
 
 from cimcal.drivers.campaign_store import CampaignStore
-from cimcal.drivers.limits import SafeLimits
-from cimcal.drivers.tester import CIMTester
-from cimcal.errors import ConfigError
+from cimcal.drivers.limits import SafeLimits, check_range
+from cimcal.drivers.tester import CIMTester, TesterConfig
+from cimcal.errors import ConfigError, InstrumentError
 
 __all__ = [
     "ConductancePlan",
@@ -172,7 +179,12 @@ class WallClockWait:
 
 
 def _pick_wait(wait: str, idn: str) -> Wait:
-    if wait == "advance" or (wait == "auto" and "SIMCHIP" in idn.upper()):
+    simulated = "SIMCHIP" in idn.upper()
+    if wait == "real" and simulated:
+        raise ConfigError("--wait real cannot reach a time point on the simulated chip: its clock only moves "
+                          "with commands and CLOCk:ADVance, so real waiting would never end; use --wait auto "
+                          "or advance")
+    if wait == "advance" or (wait == "auto" and simulated):
         return AdvanceClock()
     if wait in ("real", "auto"):
         return WallClockWait()
@@ -197,17 +209,41 @@ def _progress(total: int, initial: int, desc: str, enabled: bool):
                 disable=not enabled, dynamic_ncols=True, smoothing=0.1)
 
 
-def _prepare(tester: CIMTester, store: CampaignStore, temp_c: float | None,
-             provenance: dict[str, Any] | None) -> str:
-    """Check the chip is the recorded one, record provenance, set the temperature."""
-    idn = tester.idn
+def check_temperature(tester: CIMTester, temp_c: float | None) -> None:
+    """Refuse a ``--temp-c`` outside the limits (before any output is created)."""
+    if temp_c is not None:
+        check_range("--temp-c", temp_c, tester.limits.temp_min_c, tester.limits.temp_max_c, command="TEMP",
+                    unit=" C", limit="temp_min_c/temp_max_c")
+
+
+def check_idn(store: CampaignStore, idn: str) -> None:
+    """On resume, refuse an instrument other than the one the committed chunks were measured on."""
     recorded = store.manifest["provenance"].get("instrument_idn")
     if recorded is not None and recorded != idn:
         raise ConfigError(f"{store.directory}: campaign was measured on {recorded!r} but the instrument is "
                           f"{idn!r}; resume on the same chip or start a new output directory")
-    if recorded is None:
+
+
+def record_run(store: CampaignStore, limits: SafeLimits, **fields: Any) -> None:
+    """Append this run (start time, limits, ...) to the manifest's ``provenance.runs`` list.
+
+    The first run's provenance stays at the top level; every run (the first and each resume) is
+    listed with its own limits, so a resume under other ``--limits`` is on record.
+    """
+    runs = list(store.manifest["provenance"].get("runs", []))
+    runs.append({"started": _now(), "first_chunk": store.n_committed, "limits": asdict(limits), **fields})
+    store.update("provenance", runs=runs)
+
+
+def _prepare(tester: CIMTester, store: CampaignStore, temp_c: float | None,
+             provenance: dict[str, Any] | None) -> str:
+    """Check the chip is the recorded one, record provenance and this run, set the temperature."""
+    idn = tester.idn
+    check_idn(store, idn)
+    if store.manifest["provenance"].get("instrument_idn") is None:
         store.update("provenance", **tester.provenance(), tester_config=tester.config.to_dict(),
                      limits=asdict(tester.limits), **(provenance or {}))
+    record_run(store, tester.limits, instrument_idn=idn, resource=tester.resource_name, temp_c=temp_c)
     if temp_c is not None:
         tester.temperature(temp_c)
     return idn
@@ -220,6 +256,12 @@ def _level_pattern(plan: ConductancePlan, n_levels: int) -> np.ndarray:
     rng = np.random.default_rng(plan.pattern_seed)
     h, w = plan.rows[1] - plan.rows[0], plan.cols[1] - plan.cols[0]
     return rng.permutation(np.resize(levels, h * w)).reshape(h, w)
+
+
+def _check_window(plan: ConductancePlan, cfg: TesterConfig) -> None:
+    if plan.rows[1] > cfg.rows or plan.cols[1] > cfg.cols or not 0 <= plan.array < cfg.arrays:
+        raise ConfigError(f"window rows {plan.rows} cols {plan.cols} array {plan.array} does not fit the chip "
+                          f"({cfg.arrays} arrays of {cfg.rows}x{cfg.cols})")
 
 
 def _window(plan: ConductancePlan) -> tuple[slice, slice]:
@@ -269,6 +311,14 @@ def run_conductance_campaign(tester: CIMTester, out_dir: str, plan: ConductanceP
     point and commits one Parquet part file; see the module docstring for resume semantics.
     """
     plan = plan.validate()
+    # everything that can refuse is checked before the output directory is created
+    idn = tester.idn
+    waiter = _pick_wait(wait, idn)
+    cfg = tester.config
+    _check_window(plan, cfg)
+    pattern = _level_pattern(plan, cfg.levels)
+    check_temperature(tester, plan.temp_c)
+    tester.check_program_voltage()
     store = CampaignStore.open(out_dir, campaign=plan.campaign, kind="conductance", options=plan.options(),
                                resume=resume)
     resumed = store.n_committed > 0
@@ -277,16 +327,15 @@ def run_conductance_campaign(tester: CIMTester, out_dir: str, plan: ConductanceP
     if store.complete:
         return CampaignResult(str(store.directory), len(chunks), 0, sum(c["rows"] for c in
                                                                           store.manifest["chunks"]), resumed)
-    idn = _prepare(tester, store, plan.temp_c, provenance)
-    waiter = _pick_wait(wait, idn)
-    cfg = tester.config
-    if plan.rows[1] > cfg.rows or plan.cols[1] > cfg.cols or not 0 <= plan.array < cfg.arrays:
-        raise ConfigError(f"window rows {plan.rows} cols {plan.cols} array {plan.array} does not fit the chip "
-                          f"({cfg.arrays} arrays of {cfg.rows}x{cfg.cols})")
-    pattern = _level_pattern(plan, cfg.levels)
+    _prepare(tester, store, plan.temp_c, provenance)
     targets_us = np.asarray(cfg.targets_us, dtype=np.float64)
     chip = chip_id or chip_id_from_idn(idn)
     reprogrammed = _ensure_programmed(tester, store, plan, pattern)
+    # each cell's own programming time: t_s = clock at read - this (one block per array, once per run)
+    prog_clock_s = tester.program_time(plan.array)[_window(plan)].ravel()
+    if np.isnan(prog_clock_s).any():
+        raise InstrumentError("PROG:TIME? reports cells of the window as never programmed right after "
+                              "programming", command=f"PROG:TIME? {plan.array}", resource=tester.resource_name)
 
     rr, cc = np.meshgrid(np.arange(*plan.rows), np.arange(*plan.cols), indexing="ij")
     row_keys, col_keys, lvl = rr.ravel(), cc.ravel(), pattern.ravel()
@@ -300,21 +349,25 @@ def run_conductance_campaign(tester: CIMTester, out_dir: str, plan: ConductanceP
             state = store.manifest["chip_state"]
             t_s = float(plan.times_s[t_idx])
             waiter.until(tester, state["program_clock_max_s"] + t_s)
-            clock_s = tester.clock()
             temp_c = tester.temperature()
-            maps = [tester.read_map(plan.array, plan.rows, plan.cols).ravel() for _ in range(n_reads)]
+            clocks_s, maps = [], []
+            for _ in range(n_reads):
+                clocks_s.append(tester.clock())
+                maps.append(tester.read_map(plan.array, plan.rows, plan.cols).ravel())
             tester.raise_errors(f"chunk {index} (READ:MAP? x{n_reads})")  # nothing queued: commit
+            cell_t_s = np.concatenate([np.maximum(c - prog_clock_s, 0.0) for c in clocks_s])
             n = rows_per_read * n_reads
             table = pd.DataFrame({
                 "row": np.tile(row_keys, n_reads), "col": np.tile(col_keys, n_reads),
                 "level": np.tile(lvl, n_reads), "g_us": np.concatenate(maps).astype(np.float64),
                 "chip_id": chip, "array": np.full(n, plan.array),
-                "g_target_us": np.tile(targets_us[lvl], n_reads), "t_s": np.full(n, t_s),
+                "g_target_us": np.tile(targets_us[lvl], n_reads), "t_s": cell_t_s,
                 "read_idx": np.repeat(np.arange(first_read, first_read + n_reads), rows_per_read),
                 "temp_c": np.full(n, temp_c),
             })
             metadata = {"campaign": plan.campaign, "chunk": index, "instrument_idn": idn, "chip_id": chip,
-                        "plan": plan.options(), "epoch": state["epoch"], "clock_at_read_s": clock_s,
+                        "source": tester.resource_name, "plan": plan.options(), "epoch": state["epoch"],
+                        "t_nominal_s": t_s, "clock_at_read_s": clocks_s,
                         "program_clock_s": [state["program_clock_min_s"], state["program_clock_max_s"]],
                         "wait": waiter.name, "temp_c": temp_c, "started": started,
                         **{k: v for k, v in store.manifest["provenance"].items() if k in ("preset", "seed")}}
@@ -342,7 +395,17 @@ def open_tester(resource: str = "sim", *, preset: str = "rram", seed: int = 0, c
             from cimcal.drivers.sim.chip import SimChip
             from cimcal.drivers.sim.server import SimServer
 
-            chip = SimChip.from_config(config, seed=seed) if config else SimChip.from_preset(preset, seed=seed)
+            if config:
+                from cimcal.drivers.sim.config import load_config_with_faults
+                from cimcal.drivers.sim.faults import Faults
+
+                # as `cimcal sim serve --config`: the file's [faults] table applies unless --faults is given
+                chip_config, fault_table = load_config_with_faults(config)
+                chip = SimChip(chip_config, seed=seed)
+                if faults is None and fault_table:
+                    faults = Faults.from_mapping(fault_table)
+            else:
+                chip = SimChip.from_preset(preset, seed=seed)
             server = stack.enter_context(SimServer(chip, faults=faults))
             resource = server.resource
             provenance.update(preset=None if config else preset, sim_config=config, seed=seed)

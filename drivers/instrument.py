@@ -18,6 +18,7 @@ PyMeasure provides the declarative ``control``/``measurement`` descriptors, the 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import re
 import threading
 import time
@@ -41,6 +42,7 @@ __all__ = [
     "GarbledReply",
     "ieee_block",
     "parse_ieee_block",
+    "guarded_control",
 ]
 
 T = TypeVar("T")
@@ -157,6 +159,36 @@ class KxciAck(ErrorDialect):
         if reply != "ACK":
             raise InstrumentError("instrument did not acknowledge", command=command, reply=reply,
                                   resource=inst.resource_name)
+
+
+def _set_command(base: property) -> str:
+    """The SCPI template of a PyMeasure ``control`` (its setter's ``set_command`` default)."""
+    try:
+        template = inspect.signature(base.fset).parameters["set_command"].default
+    except (KeyError, TypeError, ValueError):
+        return "<property set>"
+    return str(template).split(" %", 1)[0] if template else "<property set>"
+
+
+def guarded_control(base: property, name: str, check: Callable[[Any, str, str, float], None] | None = None,
+                    doc_suffix: str = "") -> property:
+    """Re-declare a PyMeasure ``control`` so that setting it is safe and fault-handled.
+
+    The setter first runs ``check(instrument, name, command, value)`` (raise :class:`LimitError`
+    naming the property, the SCPI command and the SafeLimits field) and then sends through
+    :meth:`CimcalInstrument._transact`: under the lock, error-checked, and a transport fault
+    reconnects and retries (setting a value twice is harmless) or becomes :class:`InstrumentError`,
+    never a raw ``VisaIOError``. The getter is PyMeasure's (its query already goes through ``ask``).
+    """
+    command = _set_command(base)
+
+    def fset(self: "CimcalInstrument", value: Any) -> None:
+        if check is not None:
+            check(self, name, command, value)
+        self._transact(f"{command} {value:g}" if isinstance(value, (int, float)) else command,
+                       lambda: base.fset(self, value), idempotent=True)
+
+    return property(base.fget, fset, doc=(base.__doc__ or "").strip() + doc_suffix)
 
 
 class CimcalInstrument(Instrument):

@@ -22,8 +22,11 @@ class SafeLimits:
 
     Attributes
     ----------
-    v_read_max_v : largest |read voltage| applied to a cell (MVM inputs, SMU read bias).
-    v_prog_max_v : largest |program voltage| an SMU may source (programming pulses).
+    v_read_max_v : largest |read voltage| applied to a cell (MVM inputs, an SMU's read bias in
+        ``measure_conductance_s``).
+    v_prog_max_v : largest |program voltage|: what an SMU may source outside a read
+        (``source_voltage``, ``ramp_to_voltage``: a program pulse) and what a CIM tester may report
+        as its own program voltage (``LIMit:VPRog?``) before it is allowed to program cells.
     i_compliance_max_a : largest current compliance an SMU may be given.
     i_range_max_a : largest current measure/source range.
     v_range_max_v : largest voltage measure/source range.
@@ -69,19 +72,30 @@ class SafeLimits:
 
 
 def check_range(
-    name: str, value: float, low: float, high: float, *, command: str | None = None, unit: str = ""
+    name: str, value: float, low: float, high: float, *, command: str | None = None, unit: str = "",
+    limit: str | None = None,
 ) -> float:
-    """Return ``value`` if ``low <= value <= high`` (and finite), else raise :class:`LimitError`."""
+    """Return ``value`` if ``low <= value <= high`` (and finite), else raise :class:`LimitError`.
+
+    ``limit`` names the :class:`SafeLimits` field(s) behind the bounds: the message then says how
+    to widen them. Without it (geometry: arrays, rows, columns) the bounds are the chip's own and
+    the message only says what is allowed.
+    """
     v = float(value)
     if not math.isfinite(v) or v < low or v > high:
+        advice = (f" (limit {limit}; widen it with --limits / SafeLimits if this is intended)"
+                  if limit else "")
         raise LimitError(
-            f"{name} {v:g}{unit} is outside the safe range [{low:g}, {high:g}]{unit}; nothing was sent "
-            "(widen the limit with --limits / SafeLimits if this is intended)",
+            f"{name} {v:g}{unit} is outside the safe range [{low:g}, {high:g}]{unit}; nothing was sent{advice}",
             command=command,
         )
     return v
 
 
 def strict_range_raising(value: float, values: tuple[float, float]) -> float:
-    """A PyMeasure validator that raises :class:`LimitError` instead of clamping."""
+    """A PyMeasure validator that raises :class:`LimitError` instead of clamping.
+
+    A validator does not know the property it guards: drivers check with :func:`check_range`
+    (naming the property, command and limit) before a setter reaches this last line of defence.
+    """
     return check_range("value", value, float(min(values)), float(max(values)))

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 from pymeasure.instruments import Instrument
 
-from cimcal.drivers.instrument import CimcalInstrument
-from cimcal.drivers.limits import SafeLimits, check_range, strict_range_raising
+from cimcal.drivers.instrument import CimcalInstrument, guarded_control
+from cimcal.drivers.limits import SafeLimits, check_range
 from cimcal.errors import InstrumentError, LimitError
 
 __all__ = ["CIMTester", "TesterConfig"]
@@ -46,6 +46,11 @@ def _pair(values: list[float]) -> tuple[float, float]:
     return float(values[0]), float(values[1])
 
 
+def _check_temperature(tester: "CIMTester", name: str, command: str, value: float) -> None:
+    check_range(name, value, tester.limits.temp_min_c, tester.limits.temp_max_c, command=command, unit=" C",
+                limit="temp_min_c/temp_max_c")
+
+
 class CIMTester(CimcalInstrument):
     """A CIM chip tester (FPGA board or the simulated chip) over VISA.
 
@@ -75,15 +80,15 @@ class CIMTester(CimcalInstrument):
     chip_v_read_max_v = Instrument.measurement("LIM:VRE?", "The chip's own maximum read voltage, volts.")
     chip_v_prog_max_v = Instrument.measurement("LIM:VPR?", "The chip's own maximum program voltage, volts.")
     clock_s = Instrument.measurement("CLOC?", "Simulated/real seconds since power-on (float).")
-    temperature_c = Instrument.control(
-        "TEMP?", "TEMP %g", "Chip temperature set point and reading, degrees Celsius (raises outside limits).",
-        validator=strict_range_raising, values=(-40.0, 125.0), dynamic=True, check_set_errors=True)
+    temperature_c = guarded_control(Instrument.control(
+        "TEMP?", "TEMP %g", "Chip temperature set point and reading, degrees Celsius.", check_set_errors=True),
+        "temperature_c", _check_temperature,
+        " Raises LimitError outside SafeLimits.temp_min_c/temp_max_c; transport faults retry, then InstrumentError.")
 
     def __init__(self, adapter: Any, *, limits: SafeLimits | None = None, name: str = "CIM tester",
                  **kwargs: Any) -> None:
         super().__init__(adapter, name, **kwargs)
         self.limits = limits if limits is not None else SafeLimits()
-        self.temperature_c_values = (self.limits.temp_min_c, self.limits.temp_max_c)
         self._config: TesterConfig | None = None
 
     def check_set_errors(self) -> list:
@@ -132,11 +137,25 @@ class CIMTester(CimcalInstrument):
             raise LimitError(f"levels must lie in [0, {self.config.levels - 1}], got "
                              f"[{levels.min()}, {levels.max()}]; nothing was sent", command=command)
 
+    def check_program_voltage(self, command: str = "PROG") -> None:
+        """Refuse to program a chip whose own program voltage exceeds ``limits.v_prog_max_v``.
+
+        The tester has no program-voltage command: its program-and-verify loop applies up to
+        ``LIMit:VPRog?`` volts by itself, so that reported value is what the limit is checked against.
+        """
+        chip_v = self.config.v_prog_max_v
+        if not chip_v <= self.limits.v_prog_max_v:
+            raise LimitError(
+                f"the chip programs with up to {chip_v:g} V (LIMit:VPRog?), above the safe limit v_prog_max_v = "
+                f"{self.limits.v_prog_max_v:g} V; nothing was sent (raise v_prog_max_v with --limits / SafeLimits "
+                "only if the chip is rated for it)", command=command)
+
     # ----- programming ---------------------------------------------------------------------
     def program_array(self, a: int, levels: np.ndarray) -> None:
         """``PROG:ARRay``: program-and-verify every cell of array ``a`` to an (R, C) level map."""
         command = "PROG:ARR"
         a = self._array(a, command)
+        self.check_program_voltage(command)
         levels = np.asarray(levels)
         cfg = self.config
         if levels.shape != (cfg.rows, cfg.cols):
@@ -149,6 +168,7 @@ class CIMTester(CimcalInstrument):
         """``PROG:CELLs``: program a subset of cells, given as equal-length row/col/level vectors."""
         command = "PROG:CELL"
         a = self._array(a, command)
+        self.check_program_voltage(command)
         rows, cols, levels = (np.asarray(x, dtype=np.int64).ravel() for x in (rows, cols, levels))
         if not (rows.size == cols.size == levels.size):
             raise LimitError("rows, cols and levels must have equal lengths; nothing was sent", command=command)
@@ -212,7 +232,13 @@ class CIMTester(CimcalInstrument):
         # inputs travel as float32: compare in float32 so 0.2 (float64) admits float32(0.2)
         v_max = float(np.float32(min(self.limits.v_read_max_v, cfg.v_read_max_v)))
         peak = float(np.max(np.abs(inputs_v))) if inputs_v.size else 0.0
-        check_range("|input voltage|", peak, 0.0, v_max, command=command, unit=" V")
+        check_range("|input voltage|", peak, 0.0, v_max, command=command, unit=" V", limit="v_read_max_v")
+        if inputs_v.size:  # the DAC converts only its range (DAC:RANGe?): refuse rather than let it clip
+            lo, hi = (float(np.float32(x)) for x in cfg.dac_range_v)
+            low, high = float(inputs_v.min()), float(inputs_v.max())
+            if low < lo or high > hi:
+                raise LimitError(f"input voltages [{low:g}, {high:g}] V leave the DAC range [{lo:g}, {hi:g}] V "
+                                 "(DAC:RANGe?); nothing was sent", command=command)
         n = inputs_v.shape[0]
         codes = self.command_with_block(f"MVM? {a},{n},", inputs_v, "f4", query_dtype="i2", idempotent=True)
         return codes.reshape(n, cfg.cols)
@@ -225,7 +251,7 @@ class CIMTester(CimcalInstrument):
         inputs_ua = np.asarray(inputs_ua, dtype=np.float32).ravel()
         peak = float(np.max(np.abs(inputs_ua))) if inputs_ua.size else 0.0
         check_range("|ADC test input|", peak, 0.0, float(np.float32(self.limits.adc_test_max_ua)), command=command,
-                    unit=" uA")
+                    unit=" uA", limit="adc_test_max_ua")
         return self.command_with_block(f"ADC:TEST? {a},{col},", inputs_ua, "f4", query_dtype="i2",
                                        idempotent=True)
 
@@ -237,13 +263,11 @@ class CIMTester(CimcalInstrument):
     def advance(self, seconds: float) -> None:
         """``CLOCk:ADVance``: age the simulated chip by ``seconds`` (not retried: not idempotent)."""
         seconds = check_range("clock advance", seconds, 0.0, self.limits.advance_max_s, command="CLOC:ADV",
-                              unit=" s")
+                              unit=" s", limit="advance_max_s")
         self.command(f"CLOC:ADV {seconds:.9g}")
 
     def temperature(self, set_c: float | None = None) -> float:
         """Read the chip temperature, or set it first when ``set_c`` is given (°C)."""
         if set_c is not None:
-            low, high = self.limits.temp_min_c, self.limits.temp_max_c
-            set_c = check_range("temperature", set_c, low, high, command="TEMP", unit=" C")
-            self.command(f"TEMP {set_c:g}")  # locked, error-checked, transport faults -> InstrumentError
+            self.temperature_c = set_c  # limit-checked, locked, error-checked, retried (guarded_control)
         return float(self.temperature_c)

@@ -45,7 +45,8 @@ def _connection_options(f):
         click.option("--resume", is_flag=True, help="Continue the campaign already in the output directory."),
         click.option("--preset", default="rram", show_default=True, help="Simulated chip preset (sim only)."),
         click.option("--sim-config", type=click.Path(dir_okay=False, exists=True),
-                     help="Simulated chip TOML config (sim only; overrides --preset)."),
+                     help="Simulated chip TOML config (sim only; overrides --preset; its [faults] table applies "
+                     "unless --faults is given)."),
         click.option("--seed", default=0, show_default=True, type=int, help="Simulated chip seed (sim only)."),
         click.option("--faults", default=None, help="Simulated faults, e.g. 'drop_after=50' (sim only)."),
         click.option("--limits", "limits_text", default=None,
@@ -76,17 +77,30 @@ def _open(opts: dict[str, Any]):
                        visa_library=opts["visa_library"])
 
 
+def _committed_chunks(output: str) -> int:
+    import json
+
+    try:
+        return len(json.loads((Path(output) / "_manifest.json").read_text())["chunks"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
 @contextlib.contextmanager
 def _resume_hint(output: str) -> Iterator[None]:
-    """On an interruption or instrument failure mid-campaign, say how to continue (data is kept)."""
+    """On an interruption or instrument failure mid-campaign, say how to continue (data is kept).
+
+    Only when chunks were committed: a run stopped before its first chunk has nothing to resume
+    (rerunning the same command, without --resume, starts it afresh in the same directory).
+    """
     try:
         yield
     except (KeyboardInterrupt, CimcalError) as exc:
         if isinstance(exc, KeyboardInterrupt) or isinstance(exc, InstrumentError):
-            manifest = Path(output) / "_manifest.json"
-            if manifest.exists():
-                click.echo(f"note: committed chunks are kept in {output}; rerun the same command with --resume "
-                           "to continue", err=True)
+            done = _committed_chunks(output)
+            if done:
+                click.echo(f"note: {done} committed chunk(s) are kept in {output}; rerun the same command with "
+                           "--resume to continue", err=True)
         raise
 
 
@@ -112,7 +126,8 @@ def _conductance_command(campaign: str, help_text: str) -> click.Command:
     @click.option("--reads-per-chunk", type=int, default=None, help="Reads committed per part file.")
     @click.option("--pattern-seed", type=int, default=None, help="Seed of the level pattern.")
     @click.option("--wait", type=click.Choice(["auto", "advance", "real"]), default="auto", show_default=True,
-                  help="Reach time points by CLOCk:ADVance (sim) or by waiting (real hardware).")
+                  help="Reach time points by CLOCk:ADVance (sim) or by waiting (real hardware; refused "
+                  "on the simulated chip).")
     def command(**opts: Any) -> None:
         from cimcal.drivers.campaigns import default_conductance_plan, run_conductance_campaign
 

@@ -36,12 +36,16 @@ def test_levels_writes_a_conductance_table_with_provenance(tmp_path, capsys):
 def test_drift_reads_at_each_scheduled_time(tmp_path):
     out = tmp_path / "drift"
     assert main(["measure", "drift", "-o", str(out), *SMALL, "--times", "1,100,10000", "--reads", "1"]) == 0
-    table = read_table(out, "conductance")
-    assert sorted(table["t_s"].unique()) == [1.0, 100.0, 10000.0]
-    clocks = [read_metadata(p)["clock_at_read_s"] for p in sorted(out.glob("part-*.parquet"))]
+    metas = [read_metadata(p) for p in sorted(out.glob("part-*.parquet"))]
+    assert [m["t_nominal_s"] for m in metas] == [1.0, 100.0, 10000.0]
+    clocks = [m["clock_at_read_s"][0] for m in metas]
     assert clocks[1] - clocks[0] == pytest.approx(99.0, abs=0.5)     # CLOCk:ADVance, no real waiting
-    mean_g = table.groupby("t_s")["g_us"].mean()
-    assert mean_g[10000.0] < mean_g[1.0]  # conductance drifts down
+    by_time = [read_table(p, "conductance") for p in sorted(out.glob("part-*.parquet"))]
+    for meta, part in zip(metas, by_time, strict=True):
+        # per cell: the clock of the read minus that cell's PROG:TIME? -> not one value per chunk
+        assert part["t_s"].min() >= meta["t_nominal_s"] and part["t_s"].nunique() > 1
+        assert part["t_s"].max() - part["t_s"].min() < 0.1  # a 16x8 window programs in milliseconds
+    assert by_time[2]["g_us"].mean() < by_time[0]["g_us"].mean()  # conductance drifts down
 
 
 def test_readnoise_repeats_the_same_cells(tmp_path):
@@ -61,6 +65,8 @@ def test_adc_sweep_writes_an_adc_table(tmp_path):
     assert len(table) == 4 * 32 * 2
     assert not table.duplicated(["col", "input", "repeat"]).any()
     assert table["code"].min() == 0 and table["code"].max() == 255  # the margin reaches saturation
+    meta = read_metadata(out / "part-00000.parquet")
+    assert meta["input_unit"] == "uA" and meta["source"].startswith("TCPIP0::127.0.0.1::")
     assert (table.groupby("col")["code"].apply(lambda c: np.corrcoef(c, table.loc[c.index, "input"])[0, 1])
             > 0.99).all()
 

@@ -15,7 +15,7 @@ import pytest
 from driver_fixtures import small_chip
 
 from cimcal.cli import main
-from cimcal.data import read_table
+from cimcal.data import read_metadata, read_table
 from cimcal.drivers.campaign_store import CampaignStore
 from cimcal.drivers.campaigns import default_conductance_plan, run_conductance_campaign
 from cimcal.drivers.sim.server import SimServer
@@ -26,8 +26,14 @@ KEYS = ["row", "col", "read_idx", "t_s"]
 
 
 def _keys(directory: Path) -> pd.DataFrame:
-    table = read_table(directory, "conductance")
-    return table[KEYS].sort_values(KEYS).reset_index(drop=True)
+    """Row keys (cell, read, nominal time point): the per-cell t_s depends on when a cell was read."""
+    frames = []
+    for part in sorted(directory.glob("part-*.parquet")):
+        table = read_table(part, "conductance")
+        t_nominal_s = read_metadata(part)["t_nominal_s"]
+        assert (table["t_s"] >= t_nominal_s).all()  # every cell at least as old as the time point
+        frames.append(table.assign(t_s=t_nominal_s)[KEYS])
+    return pd.concat(frames).sort_values(KEYS).reset_index(drop=True)
 
 
 def _committed(directory: Path) -> int:
@@ -37,6 +43,7 @@ def _committed(directory: Path) -> int:
         return 0
 
 
+@pytest.mark.slow  # a subprocess killed mid-run: ~10 s on the shared machine; in-process variants stay default
 def test_resume_after_kill_keeps_every_row(tmp_path, capsys):
     args = ["measure", "readnoise", "--rows", "0:16", "--cols", "0:16", "--reads", "16",
             "--reads-per-chunk", "1", "--no-progress"]
@@ -113,12 +120,17 @@ def test_dead_connection_then_resume_on_a_fresh_chip_reprograms(tmp_path, monkey
                                           resume=True, progress=False)
         clock = CIMTester(fresh.resource).clock()
     assert result.reprogrammed and result.chunks_run == 2
-    table = read_table(tmp_path / "out", "conductance")
-    assert sorted(table["t_s"].unique()) == [1.0, 10.0, 100.0, 1000.0]
-    assert not table.duplicated(KEYS).any() and len(table) == 4 * 64
+    keys = _keys(tmp_path / "out")
+    assert sorted(keys["t_s"].unique()) == [1.0, 10.0, 100.0, 1000.0]
+    assert not keys.duplicated(KEYS).any() and len(keys) == 4 * 64
     manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
     state = manifest["chip_state"]
     assert state["epoch"] == 1 and state["first_chunk_of_epoch"] == 2
+    parts = sorted((tmp_path / "out").glob("part-*.parquet"))
+    assert [read_metadata(p)["epoch"] for p in parts] == [0, 0, 1, 1]  # the reprogramming, per part file
+    # t_s after the reprogramming is measured from the new programming, per cell
+    last = read_table(parts[-1], "conductance")
+    assert last["t_s"].min() >= 1000.0 and last["t_s"].max() < 1000.0 + 1.0
     assert clock == pytest.approx(state["program_clock_max_s"] + 1000.0, abs=1.0)
 
 

@@ -138,3 +138,13 @@ def test_threads_sharing_one_tester_are_serialized(served_chip):
             t.join()
         assert errors == []
         assert sorted(set(shapes)) == [(1, 32), (2, 32), (3, 32), (4, 32)]
+
+
+def test_property_setter_rides_out_a_dropped_connection(serve_with_faults):
+    # the connection drops at TEMP: the setter reconnects and sets again (it used to raise a raw VisaIOError)
+    server = serve_with_faults(f"drop_after={N_CONFIG}")
+    with _tester(server, timeout_ms=400) as tester:
+        session = tester.adapter.connection
+        tester.temperature_c = 30.0
+        assert tester.adapter.connection is not session
+        assert tester.temperature_c == 30.0

@@ -33,12 +33,13 @@ def test_conductance_is_current_over_voltage_with_the_exact_exchange():
 
 @pytest.mark.parametrize("action", [
     lambda k: setattr(k, "compliance_current", 0.5),     # PyMeasure would clamp to 0.5 and send it
-    lambda k: setattr(k, "source_voltage", 5.0),
+    lambda k: setattr(k, "source_voltage", 5.0),        # above v_prog_max_v (sourcing = a program pulse)
     lambda k: setattr(k, "current_range", 1.0),
     lambda k: setattr(k, "current_nplc", 100),
     lambda k: k.measure_conductance_s(0.5),
     lambda k: k.measure_conductance_s(0.1, compliance_a=1e-2),
-    lambda k: k.ramp_to_voltage(3.0),
+    lambda k: k.ramp_to_voltage(3.5),
+    lambda k: k.measure_conductance_s(1.0),               # a read: bounded by v_read_max_v, not v_prog_max_v
 ])
 def test_unsafe_settings_raise_and_send_nothing(action):
     with expected_protocol(Keithley2450, [], limits=LIMITS) as smu:
@@ -118,11 +119,84 @@ def test_b1500_probe_uses_pymeasure_flex_commands():
         ("TI 1", "NAI+1.000000E-06"), ("TI 1", "NAI+1.200000E-06"),
         ("DZ 1", None), no_error,
         ("CN 1", None), ("DV 1, 0, 0.1, 0.0001", None), ("ERRX?", '305,"Excess current in HRSMU."'),
+        ("DZ 1", None), no_error,                 # the error after DV still grounds the channel
     ]) as b1500:
         b1500.add_child(SMU, 1, collection="smus", prefix="smu", smu_type="HRSMU", name="SMU1", slot=1)
         probe = B1500Probe(b1500, b1500.smus[1], limits=LIMITS)
         np.testing.assert_allclose(probe.measure_conductance_s(0.1, n_reads=2), [1e-5, 1.2e-5])
-        with pytest.raises(InstrumentError, match="305"):
+        with pytest.raises(InstrumentError, match="305") as info:
             probe.measure_conductance_s(0.1)
+        assert info.value.resource is None  # the VISA resource (none for a test adapter), never the *IDN?
         with pytest.raises(LimitError):
             probe.measure_conductance_s(0.4)
+
+
+def test_sourcing_is_bounded_by_the_program_limit_and_reading_by_the_read_limit():
+    # 1 V is a program pulse (within v_prog_max_v = 3 V) but not a read (v_read_max_v = 0.3 V)
+    with expected_protocol(Keithley2450, [(":SOUR:VOLT:LEV 1", None)], limits=LIMITS) as smu:
+        smu.source_voltage = 1.0
+        with pytest.raises(LimitError, match=r"v_read_v 1 V .*\[0, 0.3\] V.*v_read_max_v"):
+            smu.measure_conductance_s(1.0)
+
+
+def test_setter_limit_error_names_property_command_and_limit():
+    with expected_protocol(Keithley2450, [], limits=LIMITS) as smu:
+        with pytest.raises(LimitError) as info:
+            smu.compliance_current = 0.5
+    text = str(info.value)
+    assert "compliance_current 0.5 A" in text and "':SOUR:VOLT:ILIM'" in text and "i_compliance_max_a" in text
+
+
+def test_setter_transport_fault_is_an_instrument_error_not_a_raw_visa_error(monkeypatch):
+    import pyvisa
+
+    with expected_protocol(Keithley2450, [], limits=LIMITS) as smu:
+        def dead(*args, **kwargs):
+            raise pyvisa.errors.VisaIOError(pyvisa.constants.StatusCode.error_connection_lost)
+
+        monkeypatch.setattr(smu.adapter, "write", dead)
+        with pytest.raises(InstrumentError, match=r"command ':SOUR:VOLT:LEV 0.1'.*transport fault"):
+            smu.source_voltage = 0.1
+
+
+def test_keithley_4200_grounds_the_channel_when_a_read_fails():
+    from pymeasure.instruments.keithley import Keithley4200
+
+    with expected_protocol(Keithley4200, [
+        ("*OPT?", "SMU1,SMU2"), ("ID", "KI4200A,KXCI,1.0"),
+        ("US;DV1,0,0.1,0.0001", None), (None, "ACK"),
+        ("US;TI1", "NAI+1.000000E-06"), ("US;TI1", "garbage"),        # the second read fails ...
+        ("US;DV1,0,0,0.0001", None), (None, "ACK"),                    # ... and the bias still goes to 0 V
+    ]) as k4200:
+        probe = K4200Probe(k4200, 1, limits=LIMITS)
+        with pytest.raises(InstrumentError, match="DV/TI"):
+            probe.measure_conductance_s(0.1, n_reads=2)
+
+
+def test_device_campaign_resume_refuses_another_instrument(tmp_path):
+    from cimcal.drivers.campaign_smu import DevicePlan, run_device_campaign
+    from cimcal.errors import ConfigError
+
+    class Probe:
+        resource_name = "GPIB0::24::INSTR"
+        limits = LIMITS
+
+        def __init__(self, idn: str, fail_after: int | None = None) -> None:
+            self.idn, self.calls, self.fail_after = idn, 0, fail_after
+
+        def measure_conductance_s(self, v_read_v: float, n_reads: int = 1) -> np.ndarray:
+            self.calls += 1
+            if self.fail_after is not None and self.calls > self.fail_after:
+                raise InstrumentError("gone")
+            return np.full(n_reads, 1e-5)
+
+        def close(self) -> None:
+            pass
+
+    plan = DevicePlan(v_read_v=0.2, n_reads=4, reads_per_chunk=2)
+    with pytest.raises(InstrumentError):
+        run_device_campaign(Probe("KEITHLEY,2450,1", fail_after=1), str(tmp_path / "d"), plan)
+    with pytest.raises(ConfigError, match="measured on 'KEITHLEY,2450,1'"):
+        run_device_campaign(Probe("KEITHLEY,2450,2"), str(tmp_path / "d"), plan, resume=True)
+    result = run_device_campaign(Probe("KEITHLEY,2450,1"), str(tmp_path / "d"), plan, resume=True)
+    assert result.chunks_run == 1

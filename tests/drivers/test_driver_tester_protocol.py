@@ -149,3 +149,53 @@ def test_ieee_block_round_trip_and_malformed_blocks():
     for bad in (b"#0", b"#3012abc", b"#212" + bytes(8), b"212" + bytes(12)):
         with pytest.raises(GarbledReply):
             parse_ieee_block(bad, "f4")
+
+
+def test_a_chip_programming_above_the_program_voltage_limit_is_refused():
+    # the chip reports LIM:VPR? 3.0 V: with v_prog_max_v = 2 V no programming command may be sent
+    with expected_protocol(CIMTester, CONFIG_EXCHANGE, limits=SafeLimits(v_prog_max_v=2.0)) as tester:
+        with pytest.raises(LimitError, match=r"up to 3 V \(LIMit:VPRog\?\).*v_prog_max_v = 2 V"):
+            tester.program_array(0, np.zeros((2, 3), dtype=int))
+        with pytest.raises(LimitError, match="v_prog_max_v"):
+            tester.program_cells(0, [0], [0], [1])
+        with pytest.raises(LimitError, match="v_prog_max_v"):
+            tester.check_program_voltage()
+
+
+def test_mvm_inputs_outside_the_dac_range_are_refused():
+    # DAC:RANG? is 0..0.2 V: -0.1 V passes the |V| <= 0.2 V read limit but the DAC cannot convert it
+    with expected_protocol(CIMTester, CONFIG_EXCHANGE) as tester:
+        with pytest.raises(LimitError, match=r"\[-0.1, 0.1\] V leave the DAC range \[0, 0.2\] V"):
+            tester.mvm(0, np.array([[-0.1, 0.1]]))
+
+
+def test_temperature_setter_names_property_command_and_limit():
+    with expected_protocol(CIMTester, []) as tester:
+        with pytest.raises(LimitError) as info:
+            tester.temperature_c = 200
+    text = str(info.value)
+    assert "temperature_c 200 C" in text and "'TEMP'" in text and "temp_min_c/temp_max_c" in text
+
+
+def test_temperature_setter_goes_through_the_error_check_and_retry_path(monkeypatch):
+    import pyvisa
+
+    with expected_protocol(CIMTester, [("TEMP 30", None), ("SYST:ERR?", '-222,"Data out of range"'),
+                                       NO_ERROR]) as tester:
+        with pytest.raises(InstrumentError, match="-222,Data out of range"):
+            tester.temperature_c = 30
+
+    with expected_protocol(CIMTester, []) as tester:
+        def dead(*args, **kwargs):
+            raise pyvisa.errors.VisaIOError(pyvisa.constants.StatusCode.error_connection_lost)
+
+        monkeypatch.setattr(tester.adapter, "write", dead)
+        with pytest.raises(InstrumentError, match=r"command 'TEMP 30'.*transport fault"):
+            tester.temperature_c = 30
+
+
+def test_geometry_refusals_do_not_advise_widening_limits():
+    with expected_protocol(CIMTester, CONFIG_EXCHANGE) as tester:
+        with pytest.raises(LimitError) as info:
+            tester.read_cell(0, 5, 0)
+    assert "--limits" not in str(info.value)

@@ -1,0 +1,67 @@
+"""Shared set-up of the analog benchmarks: the chip profile, the two models, one training step.
+
+The profile is fitted with :func:`cimcal.noise.fit_profile` on seeded synthetic measurement tables
+(:mod:`cimcal.data.synthetic`: skewed programming error, stuck cells, drift, heavy-tailed read noise;
+a 6-bit ADC with INL/DNL, near-missing codes and sparkles), so every method sees the same chip.
+Methods: ``clean`` (the plain digital model), ``ste`` (AnalogConfig(noise="lut"), the extended STE) and
+``gaussian`` (AnalogConfig(noise="gaussian"), differentiable noise-aware training); fresh noise every step.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+METHODS = ("clean", "ste", "gaussian")
+MODELS = ("mlp", "cnn")
+
+
+def bench_profile():
+    """The benchmark chip: a profile fitted on seeded synthetic conductance and ADC tables."""
+    from cimcal.data.synthetic import synthetic_adc, synthetic_conductance
+    from cimcal.noise.fit import fit_profile
+
+    return fit_profile(conductance=synthetic_conductance(n_cells=4096, seed=0), adc=synthetic_adc(cols=8, seed=0))
+
+
+def build_model(name: str) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """(model, inputs, labels): MLP 784-1024-1024-10 at batch 256, or the digits CNN (8x8) at batch 256."""
+    torch.manual_seed(0)
+    if name == "mlp":
+        model = nn.Sequential(nn.Linear(784, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 10))
+        x = torch.rand(256, 784)
+    elif name == "cnn":  # the digits CNN of cimcal.train.models.SmallCNN
+        model = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(32 * 16, 64), nn.ReLU(), nn.Linear(64, 10),
+        )
+        x = torch.rand(256, 1, 8, 8)
+    else:
+        raise ValueError(f"model must be one of {MODELS}, got {name!r}")
+    return model, x, torch.randint(0, 10, (256,))
+
+
+def make_step(method: str, model_name: str, profile, compile_chain: bool = True) -> Callable[[], float]:
+    """A closure running one SGD training step of ``method`` on ``model_name``; returns the loss."""
+    from cimcal.analog import AnalogConfig, convert
+
+    model, x, y = build_model(model_name)
+    model = copy.deepcopy(model)
+    if method != "clean":
+        noise = {"ste": "lut", "gaussian": "gaussian"}[method]
+        convert(model, profile, AnalogConfig(noise=noise, compile=compile_chain), generator=torch.Generator().manual_seed(1))
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def step() -> float:
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        optimizer.step()
+        return float(loss.detach())
+
+    return step

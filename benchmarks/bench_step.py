@@ -1,0 +1,63 @@
+"""Time per training step: clean vs the extended STE (LUT noise) vs the Gaussian NAT baseline.
+
+    python benchmarks/bench_step.py [--models mlp cnn] [--rounds 7] [--steps 5] [--no-compile]
+
+All ratios come from one run on the same model, batch and profile, with fresh noise every step. The
+methods are interleaved round by round (clean, ste, gaussian, clean, ...) so that load from other
+processes on a shared machine hits them alike; each round times ``--steps`` steps and the figure is the
+median over rounds. Warm-up steps (torch.compile, table building) are excluded. Wall-clock and process CPU
+time are both reported: on a machine shared with other jobs, CPU time is the less noisy of the two.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_setup import METHODS, MODELS, bench_profile, make_step  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--no-compile", action="store_true", help="eager sampling chains (the fallback)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    profile = bench_profile()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, compile={not args.no_compile}")
+    for model_name in args.models:
+        steps = {m: make_step(m, model_name, profile, not args.no_compile) for m in METHODS}
+        for step in steps.values():
+            for _ in range(args.warmup):
+                step()
+        wall: dict[str, list[float]] = {m: [] for m in METHODS}
+        cpu: dict[str, list[float]] = {m: [] for m in METHODS}
+        for _ in range(args.rounds):
+            for method, step in steps.items():
+                start, start_cpu = time.perf_counter(), time.process_time()
+                for _ in range(args.steps):
+                    step()
+                wall[method].append((time.perf_counter() - start) / args.steps)
+                cpu[method].append((time.process_time() - start_cpu) / args.steps)
+        for label, times in (("wall", wall), ("cpu", cpu)):
+            median = {m: statistics.median(v) for m, v in times.items()}
+            line = ", ".join(
+                f"{m} {1e3 * median[m]:.1f} ms ({median[m] / median['clean']:.2f}x clean)" for m in METHODS
+            )
+            print(f"{model_name} [{label}]: {line}; median of {args.rounds} interleaved rounds x {args.steps} steps")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

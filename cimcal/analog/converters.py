@@ -1,0 +1,182 @@
+"""Input DAC and output ADC: quantization, the compact per-column ADC code table, dequantization.
+
+ADC model. A partial sum ``p`` (unit space: unit inputs times unit weights summed over a tile) is scaled
+by the layer's calibrated ``psum_scale`` onto the ADC's measured input range ``[x_lo, x_hi]``:
+``a = center + p / psum_scale * half_range``. The code is drawn from the profile's per-column LUT. For speed
+we tabulate that LUT once, through its public ``sample`` API, as ``codes[c, b, k]``: for physical column
+``c`` and grid point ``b``, the ``n_knots`` quantiles of the codes the LUT gives at that input. The grid is
+the LUT's own input bin centres when they are uniform, else ``2 * n_codes + 1`` points half an LSB apart;
+as in the LUT's own sampler the code distribution is interpolated linearly between grid points (a
+mixture): the point below or above is picked with probabilities given by the input's position between them. A conversion draws two random bytes
+(grid choice, knot) as one int16 word, then does one gather. Codes are read back into input units with a per-column linear fit of the mean
+transfer curve (a digital offset/gain calibration, as a deployment would do); the ADC's INL, missing codes
+and noise remain as error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from cimcal.errors import ProfileError
+
+__all__ = ["AdcTables", "build_adc_tables", "dac_quantize", "adc_convert_tile", "pack_bits", "unpack_bits"]
+
+N_KNOTS = 256
+_MAX_TABLE_SAMPLES = 1 << 21
+_POINTS_PER_CODE = 2  # own grid: points half an LSB apart, linear interpolation between them
+
+
+@dataclass(frozen=True)
+class AdcTables:
+    """Compact ADC tables. ``codes`` is (C, P, K) uint8 (int16 when n_codes > 256), flattened.
+
+    x_lo, x_hi: measured input range (inputs outside saturate). Grid point p sits at input
+    ``grid_x0 + p * grid_step`` (p = 0..n_points-1); ``interpolate`` says whether a conversion mixes the two
+    neighbouring points linearly (our own half-LSB grid) or takes the nearest one (the LUT's own bins).
+    deq_offset, deq_gain (C,): input ~= deq_offset + deq_gain * code (fit of the mean transfer curve).
+    sigma_lsb (C,): per-column noise (the gaussian baseline). cols: physical column ids.
+    """
+
+    x_lo: float
+    x_hi: float
+    n_codes: int
+    grid_x0: float
+    grid_step: float
+    n_points: int
+    interpolate: bool
+    cols: torch.Tensor
+    codes: torch.Tensor
+    deq_offset: torch.Tensor
+    deq_gain: torch.Tensor
+    sigma_lsb: torch.Tensor
+
+
+def _grid(adc: Any, x_lo: float, x_hi: float, n_codes: int) -> tuple[torch.Tensor, bool]:
+    """Input grid: the LUT's own bin centres when its bins are uniform, else half-LSB points.
+
+    Both interpolate linearly between neighbouring points (as a mixture), as the LUT's own sampler does.
+    """
+    edges = getattr(adc, "input_edges_", None)
+    if edges is not None:
+        edges = torch.as_tensor(edges, dtype=torch.float64).reshape(-1)
+        widths = edges.diff()
+        if widths.numel() >= 2 and bool((widths > 0).all()) and bool(torch.allclose(widths, widths.mean(), rtol=1e-3)):
+            return (0.5 * (edges[:-1] + edges[1:])), True
+    return torch.linspace(x_lo, x_hi, _POINTS_PER_CODE * n_codes + 1, dtype=torch.float64), True
+
+
+def build_adc_tables(adc: Any, generator: torch.Generator | None = None) -> AdcTables:
+    """Tabulate a fitted ADCLUT into the compact per-column code table used by the forward pass."""
+    cols = torch.as_tensor(adc.cols_).long().reshape(-1)
+    n_codes = int(adc.n_codes_)
+    x_lo, x_hi = (float(v) for v in adc.input_range_)
+    if not (x_hi > x_lo) or n_codes < 2:
+        raise ProfileError(f"ADC model has an empty input range ({x_lo}, {x_hi}) or {n_codes} codes")
+    grid_x, interpolate = _grid(adc, x_lo, x_hi, n_codes)
+    n_cols, n_points = cols.numel(), grid_x.numel()
+    per_point = max(N_KNOTS, min(2048, _MAX_TABLE_SAMPLES // max(1, n_cols * n_points)))
+    tables = []
+    probs = (torch.arange(N_KNOTS, dtype=torch.float64) + 0.5) / N_KNOTS
+    for col in cols.tolist():
+        x = grid_x.float()[:, None].expand(n_points, per_point).contiguous()
+        codes = torch.as_tensor(adc.sample(x, torch.full_like(x, col, dtype=torch.long), generator=generator))
+        codes = codes.reshape(n_points, per_point).double()
+        tables.append(torch.quantile(codes, probs, dim=1, interpolation="nearest").T)  # (P, K) integer codes
+    dtype = torch.uint8 if n_codes <= 256 else torch.int16
+    codes = torch.stack(tables).round().clamp(0, n_codes - 1).to(dtype).contiguous().view(-1)
+
+    # Digital read-back: per-column least-squares line input = offset + gain * code over the unsaturated range.
+    grid = torch.linspace(x_lo, x_hi, 4 * n_codes + 1, dtype=torch.float32)[1:-1]
+    offsets, gains = [], []
+    for col in cols.tolist():
+        mean = torch.as_tensor(adc.mean_code(grid, torch.full_like(grid, col, dtype=torch.long))).double()
+        keep = (mean > 0.5) & (mean < n_codes - 1.5)
+        gain, offset = (x_hi - x_lo) / n_codes, x_lo + 0.5 * (x_hi - x_lo) / n_codes  # ideal fallback
+        if int(keep.sum()) >= 4:
+            design = torch.stack([torch.ones_like(mean[keep]), mean[keep]], dim=1)
+            solution = torch.linalg.lstsq(design, grid.double()[keep, None]).solution.squeeze(1)
+            if float(solution[1]) > 0:
+                offset, gain = float(solution[0]), float(solution[1])
+        offsets.append(offset)
+        gains.append(gain)
+    sigma = getattr(adc, "sigma_lsb_", None)
+    sigma = torch.zeros(n_cols) if sigma is None else torch.as_tensor(sigma, dtype=torch.float32).reshape(-1)
+    if sigma.numel() != n_cols:
+        sigma = sigma.mean().expand(n_cols).clone()
+    return AdcTables(
+        x_lo=x_lo,
+        x_hi=x_hi,
+        n_codes=n_codes,
+        grid_x0=float(grid_x[0]),
+        grid_step=float(grid_x[1] - grid_x[0]),
+        n_points=n_points,
+        interpolate=interpolate,
+        cols=cols,
+        codes=codes,
+        deq_offset=torch.tensor(offsets, dtype=torch.float32),
+        deq_gain=torch.tensor(gains, dtype=torch.float32),
+        sigma_lsb=sigma.float().contiguous(),
+    )
+
+
+def dac_quantize(x: torch.Tensor, full_scale: torch.Tensor | float, bits: int) -> torch.Tensor:
+    """Signed DAC: clip ``x / full_scale`` to [-1, 1] and round to ``2**(bits-1) - 1`` steps per side."""
+    q_max = float(2 ** (bits - 1) - 1)
+    return torch.round(torch.clamp(x / full_scale, -1.0, 1.0) * q_max) * (1.0 / q_max)
+
+
+def adc_convert_tile(
+    acc: torch.Tensor,
+    psum: torch.Tensor,
+    u: torch.Tensor,
+    col_base: torch.Tensor,
+    deq_gain: torch.Tensor,
+    deq_offset: torch.Tensor,
+    grid_scale: torch.Tensor,
+    grid_shift: torch.Tensor,
+    psum_scale: torch.Tensor,
+    interpolate: torch.Tensor,
+    n_points: int,
+    codes: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Convert one tile's partial sums and accumulate: returns (acc + read-back, saturated).
+
+    psum (N, O) unit partial sums; ``psum * grid_scale + grid_shift`` is the position on the input grid and
+    ``|psum| > psum_scale`` is outside the ADC's measured range (saturated). u (N, O) int16 random words:
+    low byte picks the knot, high byte the grid point (below/above with linear weights if ``interpolate`` is
+    1, the nearest if 0). col_base (O,) int32 offsets of each output's column in ``codes``; deq_* (O,) map a
+    code straight back to unit partial-sum space.
+    """
+    saturated = psum.abs() > psum_scale
+    position = (psum * grid_scale + grid_shift).clamp(0, n_points - 1)
+    below = position.floor()
+    word = u.to(torch.int32)
+    knot = word & 255
+    threshold = (((word >> 8) & 255).to(torch.float32) + 0.5) * interpolate + 128.0 * (1.0 - interpolate)
+    step = (threshold < (position - below) * 256.0).to(torch.int32)
+    point = (below.to(torch.int32) + step).clamp(0, n_points - 1)
+    code = codes[col_base + point * N_KNOTS + knot].to(torch.float32)
+    return acc + (code * deq_gain + deq_offset), saturated
+
+
+def pack_bits(mask: torch.Tensor) -> torch.Tensor:
+    """Pack a bool tensor along its flattened last axis into uint8 (8 flags per byte)."""
+    flat = mask.reshape(-1)
+    pad = (-flat.numel()) % 8
+    if pad:
+        flat = torch.cat([flat, flat.new_zeros(pad)])
+    weights = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
+    return (flat.view(-1, 8).to(torch.uint8) * weights).sum(dim=1, dtype=torch.uint8)
+
+
+def unpack_bits(packed: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
+    """Inverse of :func:`pack_bits`."""
+    weights = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
+    bits = (packed[:, None] & weights) != 0
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return bits.reshape(-1)[:n].reshape(shape)

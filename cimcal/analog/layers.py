@@ -1,0 +1,419 @@
+"""AnalogLinear and AnalogConv2d: thin modules that own parameters, config, tables and calibration.
+
+They subclass ``nn.Linear`` / ``nn.Conv2d`` and keep the parameter names ``weight`` and ``bias``, so a
+digital state_dict loads into an analog model and back. Buffers:
+
+- persistent calibration values ``input_range_`` (DAC full scale) and ``psum_scale_`` (partial sum that
+  lands on the edge of the ADC input range); 0 means "not calibrated yet" and a digital state_dict without
+  them loads fine;
+- non-persistent tables derived from the profile (``lut_*``, ``adc_*``) and, for ``fixed_instance``, the
+  per-cell programming-error ranks ``instance_ranks`` (uint8). They follow ``.to()`` and DDP broadcasts
+  but are not written to checkpoints: a checkpoint records the profile's sha256 instead.
+
+Calibration: in training mode (or inside :func:`cimcal.analog.calibrate`) each forward folds the batch's
+``input_percentile`` of ``|x|`` and ``psum_percentile`` of ``|partial sum|`` into the running buffers with
+weight ``calib_momentum``; the first batch a layer ever sees sets them directly. Eval mode freezes them.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cimcal.analog.config import AnalogConfig
+from cimcal.analog.converters import AdcTables, build_adc_tables, dac_quantize, pack_bits
+from cimcal.analog.crossbar import (
+    conv_channel_tiles,
+    sample_unit_weight,
+    subsample_abs_percentile,
+    tile_slices,
+    tiled_adc_mvm,
+)
+from cimcal.analog.functions import AnalogConv2dFunction, AnalogLinearFunction, RoundSTE
+from cimcal.analog.gaussian import gaussian_tiled_mvm, gaussian_unit_weight
+from cimcal.analog.mapping import ConductanceTables, build_conductance_tables
+from cimcal.errors import ConfigError
+
+__all__ = ["AnalogLinear", "AnalogConv2d", "AnalogLayer", "profile_tables"]
+
+_TABLE_CACHE: dict[tuple[int, str, float | None], tuple[Any, Any]] = {}
+
+
+def _cached(profile: Any, kind: str, t_s: float | None, build: Any) -> Any:
+    key = (id(profile), kind, t_s)
+    hit = _TABLE_CACHE.get(key)
+    if hit is not None and hit[0]() is profile:
+        return hit[1]
+    value = build()
+    try:
+        ref = weakref.ref(profile)
+    except TypeError:  # not weak-referenceable: keep it alive with the cache entry
+        ref = (lambda p: (lambda: p))(profile)
+    _TABLE_CACHE[key] = (ref, value)
+    return value
+
+
+def profile_tables(profile: Any, t_s: float | None) -> tuple[ConductanceTables | None, AdcTables | None]:
+    """Compact tables of ``profile`` at ``t_s`` (cached per profile object; built with a fixed seed)."""
+    conductance = getattr(profile, "conductance", None)
+    adc = getattr(profile, "adc", None)
+    if t_s is not None and conductance is not None:
+        t_known = torch.as_tensor(conductance.t_s_, dtype=torch.float64)
+        if not float(t_known.min()) <= t_s <= float(t_known.max()):
+            raise ConfigError(
+                f"AnalogConfig.t_s={t_s} s is outside the profile's measured drift times "
+                f"[{float(t_known.min())}, {float(t_known.max())}] s"
+            )
+    cond_tables = None
+    if conductance is not None:
+        cond_tables = _cached(
+            profile, "conductance", t_s,
+            lambda: build_conductance_tables(conductance, t_s, torch.Generator().manual_seed(0)),
+        )
+    adc_tables = None
+    if adc is not None:
+        adc_tables = _cached(profile, "adc", None, lambda: build_adc_tables(adc, torch.Generator().manual_seed(0)))
+    return cond_tables, adc_tables
+
+
+class AnalogLayer:
+    """Behaviour shared by AnalogLinear and AnalogConv2d (a mixin over the torch module)."""
+
+    config: AnalogConfig
+    generator: torch.Generator | None
+
+    def _init_analog(self, profile: Any, config: AnalogConfig | None, generator: torch.Generator | None) -> None:
+        self.register_buffer("input_range_", torch.zeros(()))
+        self.register_buffer("psum_scale_", torch.zeros(()))
+        self.calibrating = False
+        self.generator = generator
+        self.set_profile(profile, config)
+
+    # ---------------------------------------------------------------- profile binding
+    def set_profile(self, profile: Any, config: AnalogConfig | None = None) -> None:
+        """Bind (or rebind) the layer to a chip profile and config: rebuilds the tables, keeps calibration."""
+        config = (config or AnalogConfig()).validate()
+        if profile is None and config.noise != "none":
+            raise ConfigError(f"AnalogConfig.noise={config.noise!r} needs a ChipProfile; pass profile= or use noise='none'")
+        self.config = config
+        self.profile_sha256 = None
+        cond, adc = (None, None) if profile is None else profile_tables(profile, config.t_s)
+        device = self.weight.device
+        self._adc_geometry = (
+            None if adc is None else (adc.x_lo, adc.x_hi, adc.grid_x0, adc.grid_step, adc.n_points, adc.interpolate)
+        )
+        self._adc_n_codes = None if adc is None else adc.n_codes
+        self.g_range_us = None if cond is None else (cond.g_min_us, cond.g_max_us)
+        for name in ("level_of_fine", "target_unit", "read_unit", "programmed_unit", "read_noise_unit", "mean_unit", "sigma_unit"):
+            value = None if cond is None else getattr(cond, name).to(device)
+            self.register_buffer(f"lut_{name}", value, persistent=False)
+        for name in ("codes", "deq_offset", "deq_gain", "sigma_lsb"):
+            value = None if adc is None else getattr(adc, name).to(device)
+            self.register_buffer(f"adc_{name}", value, persistent=False)
+        self.register_buffer("instance_ranks", None, persistent=False)
+        if config.resample == "fixed_instance" and cond is not None:
+            self.new_instance()
+
+    def new_instance(self, generator: torch.Generator | None = None) -> None:
+        """Draw a new chip instance: each cell's persistent programming-error rank (uint8, both devices)."""
+        gen = generator if generator is not None else self.generator
+        shape = (2, self.weight.shape[0], self.weight[0].numel())
+        words = torch.randint(-(2**31), 2**31 - 1, ((2 * self.weight.numel() + 3) // 4,), dtype=torch.int32, generator=gen)
+        self.instance_ranks = words.view(torch.uint8)[: 2 * self.weight.numel()].view(shape).to(self.weight.device)
+
+    @property
+    def tile_rows(self) -> int:
+        """Crossbar rows per tile (from the config)."""
+        return self.config.tile_rows
+
+    def _tables(self, prefix: str, names: tuple[str, ...]) -> dict[str, torch.Tensor] | None:
+        first = getattr(self, f"{prefix}{names[0]}")
+        if first is None:
+            return None
+        return {name: getattr(self, f"{prefix}{name}") for name in names}
+
+    # ---------------------------------------------------------------- calibration
+    def _updating(self) -> bool:
+        return self.training or self.calibrating
+
+    def _running_update(self, buffer: torch.Tensor, value: torch.Tensor) -> None:
+        value = value.clamp_min(1e-12)
+        if float(buffer) <= 0:
+            buffer.copy_(value)
+        else:
+            buffer.lerp_(value.to(buffer.dtype), self.config.calib_momentum)
+
+    def _input_full_scale(self, x2d: torch.Tensor) -> float:
+        if self.config.input_range is not None:
+            return float(self.config.input_range)
+        with torch.no_grad():
+            if self._updating() or float(self.input_range_) <= 0:
+                self._running_update(self.input_range_, subsample_abs_percentile(x2d, self.config.input_percentile))
+        return float(self.input_range_)
+
+    def _psum_scale(self, psum_tiles: list[Any]) -> float:
+        """The running psum scale; on the very first batch, a stats pass over the tiles sets it first."""
+        if float(self.psum_scale_) <= 0:
+            with torch.no_grad():
+                stats = [psum_tile().reshape(-1) for psum_tile in psum_tiles]
+                self._running_update(self.psum_scale_, subsample_abs_percentile(torch.cat(stats), self.config.psum_percentile))
+        return float(self.psum_scale_)
+
+    # ---------------------------------------------------------------- simulation
+    def _weight_tiles(self, w2d: torch.Tensor, materialize: bool) -> tuple[torch.Tensor, Any, torch.Tensor | None]:
+        """(w_max per output, weight_tile(rows) -> noisy unit weights of a tile, the full noisy matrix or None).
+
+        Unless ``materialize``, each call samples that tile afresh and only one tile exists at a time.
+        """
+        cfg = self.config
+        w_max = w2d.abs().amax(dim=1).clamp_min(1e-12)
+        cond = self._tables("lut_", ("level_of_fine", "read_unit", "programmed_unit", "read_noise_unit"))
+        fixed = cfg.resample == "fixed_instance" and self.instance_ranks is not None
+
+        def weight_tile(rows: slice) -> torch.Tensor:
+            w_unit = w2d[:, rows] / w_max[:, None]
+            if cond is None:
+                return w_unit
+            ranks = self.instance_ranks[:, :, rows] if fixed else None
+            return sample_unit_weight(w_unit, cond, ranks, self.generator, cfg.compile)
+
+        if not materialize:
+            return w_max, weight_tile, None
+        full = torch.cat([weight_tile(rows) for rows in tile_slices(w2d.shape[1], cfg.tile_rows)], dim=1)
+        return w_max, (lambda rows: full[:, rows]), full
+
+    def _convert(
+        self, psum_tiles: list[Any], out_shape: tuple[int, ...]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        cfg = self.config
+        adc = self._tables("adc_", ("codes", "deq_offset", "deq_gain", "sigma_lsb"))
+        psum_scale = self._psum_scale(psum_tiles) if adc is not None else 1.0
+        y_unit, mask, stats = tiled_adc_mvm(
+            psum_tiles, out_shape, 1, adc, self._adc_geometry, psum_scale, self.generator, cfg.compile,
+            cfg.adc_grad == "saturation_mask",
+        )
+        if stats and adc is not None and self._updating():
+            self._running_update(self.psum_scale_, subsample_abs_percentile(torch.cat(stats), cfg.psum_percentile))
+        return y_unit, (None if mask is None else pack_bits(mask))
+
+    def simulate_mvm(
+        self, x2d: torch.Tensor, w2d: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Chip forward of ``x2d @ w2d.T`` (no grad): DAC, noisy pairs, tiles, ADC, read-back, rescale.
+
+        Returns (y, bit-packed (tile, row, output) mask of unsaturated conversions or None, noisy W or None).
+        """
+        cfg = self.config
+        noisy = cfg.grad_x_weight == "noisy"
+        full_scale = self._input_full_scale(x2d)
+        xq = dac_quantize(x2d, full_scale, cfg.dac_bits)
+        w_max, weight_tile, full = self._weight_tiles(w2d, materialize=noisy)
+        psum_tiles = [
+            (lambda rows=rows: xq[:, rows] @ weight_tile(rows).T) for rows in tile_slices(x2d.shape[1], cfg.tile_rows)
+        ]
+        y_unit, mask = self._convert(psum_tiles, (x2d.shape[0], w2d.shape[0]))
+        return y_unit.mul_(w_max * full_scale), mask, (full * w_max[:, None] if noisy else None)
+
+    def simulate_conv(
+        self, x: torch.Tensor, weight: torch.Tensor, stride: Any, padding: Any, dilation: Any
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Chip forward of a conv2d: each tile holds whole kernel patches of a group of input channels, so a
+        tile's partial sums are a conv over that channel group (no im2col). Mask order: (tile, N, O, H, W)."""
+        cfg = self.config
+        out_ch, in_ch, kh, kw = weight.shape
+        full_scale = self._input_full_scale(x)
+        xq = dac_quantize(x, full_scale, cfg.dac_bits)
+        w_max, _, full = self._weight_tiles(weight.reshape(out_ch, -1), materialize=True)
+        wn = full.view_as(weight)
+        groups = conv_channel_tiles(in_ch, kh * kw, cfg.tile_rows)
+        psum_tiles = [
+            (lambda cs=cs: F.conv2d(xq[:, cs], wn[:, cs], None, stride, padding, dilation)) for cs in groups
+        ]
+        n, _, h, w = x.shape
+        oh = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+        ow = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+        y_unit, mask = self._convert(psum_tiles, (n, out_ch, oh, ow))
+        noisy_w = (wn * w_max.view(-1, 1, 1, 1)) if cfg.grad_x_weight == "noisy" else None
+        return y_unit.mul_((w_max * full_scale).view(1, -1, 1, 1)), mask, noisy_w
+
+    def _gaussian_prepare(self, x: torch.Tensor, w2d: torch.Tensor) -> tuple[torch.Tensor, float, torch.Tensor, torch.Tensor]:
+        cfg = self.config
+        full_scale = self._input_full_scale(x.detach())
+        q_max = float(2 ** (cfg.dac_bits - 1) - 1)
+        xq = RoundSTE.apply(torch.clamp(x / full_scale, -1.0, 1.0) * q_max) / q_max
+        w_max = w2d.detach().abs().amax(dim=1).clamp_min(1e-12)
+        w_unit = w2d / w_max[:, None]
+        cond = self._tables("lut_", ("level_of_fine", "mean_unit", "sigma_unit"))
+        w_noisy = w_unit if cond is None else gaussian_unit_weight(w_unit, cond, self.generator)
+        return xq, full_scale, w_max, w_noisy
+
+    def _gaussian_convert(self, psum_tiles: list[Any], out_shape: tuple[int, ...]) -> torch.Tensor:
+        cfg = self.config
+        adc = self._tables("adc_", ("sigma_lsb",))
+        psum_scale = 1.0
+        if adc is not None:
+            psum_scale = self._psum_scale([lambda f=f: f().detach() for f in psum_tiles])
+        y_unit, stats = gaussian_tiled_mvm(psum_tiles, out_shape, adc, self._adc_n_codes, psum_scale, self.generator)
+        if stats and adc is not None and self._updating():
+            with torch.no_grad():
+                self._running_update(self.psum_scale_, subsample_abs_percentile(torch.cat(stats), cfg.psum_percentile))
+        return y_unit
+
+    def gaussian_mvm(self, x2d: torch.Tensor, w2d: torch.Tensor) -> torch.Tensor:
+        """The differentiable Gaussian baseline of ``x2d @ w2d.T`` (autograd through everything)."""
+        xq, full_scale, w_max, w_noisy = self._gaussian_prepare(x2d, w2d)
+        psum_tiles = [
+            (lambda rows=rows: xq[:, rows] @ w_noisy[:, rows].T) for rows in tile_slices(x2d.shape[1], self.config.tile_rows)
+        ]
+        return self._gaussian_convert(psum_tiles, (x2d.shape[0], w2d.shape[0])) * (w_max * full_scale)
+
+    def gaussian_conv(self, x: torch.Tensor, weight: torch.Tensor, stride: Any, padding: Any, dilation: Any) -> torch.Tensor:
+        """The differentiable Gaussian baseline of a conv2d, on the same channel-group tiles."""
+        out_ch, in_ch, kh, kw = weight.shape
+        xq, full_scale, w_max, w_noisy = self._gaussian_prepare(x, weight.reshape(out_ch, -1))
+        wn = w_noisy.view_as(weight)
+        psum_tiles = [
+            (lambda cs=cs: F.conv2d(xq[:, cs], wn[:, cs], None, stride, padding, dilation))
+            for cs in conv_channel_tiles(in_ch, kh * kw, self.config.tile_rows)
+        ]
+        n, _, h, w = x.shape
+        oh = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+        ow = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+        y_unit = self._gaussian_convert(psum_tiles, (n, out_ch, oh, ow))
+        return y_unit * (w_max * full_scale).view(1, -1, 1, 1)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):  # noqa: ANN001
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        for name in ("input_range_", "psum_scale_"):  # a digital state_dict has no calibration: stay uncalibrated
+            if prefix + name in missing_keys:
+                missing_keys.remove(prefix + name)
+
+    def extra_repr(self) -> str:
+        cfg = self.config
+        return f"{super().extra_repr()}, noise={cfg.noise!r}, resample={cfg.resample!r}, tile_rows={cfg.tile_rows}"
+
+
+class AnalogLinear(AnalogLayer, nn.Linear):
+    """``nn.Linear`` simulated on an analog CIM chip (see :class:`AnalogConfig` for the options)."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        profile: Any = None,
+        config: AnalogConfig | None = None,
+        generator: torch.Generator | None = None,
+        device: Any = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        nn.Linear.__init__(self, in_features, out_features, bias, device=device, dtype=dtype)
+        self._init_analog(profile, config, generator)
+
+    @classmethod
+    def from_digital(
+        cls, module: nn.Linear, profile: Any, config: AnalogConfig | None = None, generator: torch.Generator | None = None
+    ) -> AnalogLinear:
+        """An AnalogLinear sharing ``module``'s Parameter objects (optimizers keep working)."""
+        layer = cls.__new__(cls)
+        nn.Module.__init__(layer)
+        layer.in_features, layer.out_features = module.in_features, module.out_features
+        layer.weight = module.weight
+        layer.bias = module.bias
+        layer.train(module.training)
+        layer._init_analog(profile, config, generator)
+        return layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        noise = self.config.noise
+        if noise == "none":
+            return F.linear(x, self.weight, self.bias)
+        x2d = x.reshape(-1, self.in_features)
+        if noise == "lut":
+            y = AnalogLinearFunction.apply(x2d, self.weight, self)[0]
+        else:
+            y = self.gaussian_mvm(x2d, self.weight)
+        y = y.reshape(*x.shape[:-1], self.out_features)
+        return y if self.bias is None else y + self.bias
+
+
+class AnalogConv2d(AnalogLayer, nn.Conv2d):
+    """``nn.Conv2d`` (groups=1, zero padding) simulated on an analog CIM chip through im2col tiles."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] = 0,
+        dilation: int | tuple[int, int] = 1,
+        bias: bool = True,
+        *,
+        profile: Any = None,
+        config: AnalogConfig | None = None,
+        generator: torch.Generator | None = None,
+        device: Any = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        nn.Conv2d.__init__(
+            self, in_channels, out_channels, kernel_size, stride, padding, dilation, 1, bias, device=device, dtype=dtype
+        )
+        _check_convertible(self)
+        self._init_analog(profile, config, generator)
+
+    @classmethod
+    def from_digital(
+        cls, module: nn.Conv2d, profile: Any, config: AnalogConfig | None = None, generator: torch.Generator | None = None
+    ) -> AnalogConv2d:
+        """An AnalogConv2d sharing ``module``'s Parameter objects."""
+        _check_convertible(module)
+        layer = cls.__new__(cls)
+        nn.Module.__init__(layer)
+        for name in ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "transposed",
+                     "output_padding", "groups", "padding_mode", "_reversed_padding_repeated_twice"):
+            setattr(layer, name, getattr(module, name))
+        layer.padding = (0, 0) if module.padding == "valid" else module.padding
+        layer.weight = module.weight
+        layer.bias = module.bias
+        layer.train(module.training)
+        layer._init_analog(profile, config, generator)
+        return layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        noise = self.config.noise
+        if noise == "none":
+            return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
+        unbatched = x.dim() == 3
+        if unbatched:
+            x = x.unsqueeze(0)
+        if noise == "lut":
+            y = AnalogConv2dFunction.apply(x, self.weight, self, self.stride, self.padding, self.dilation)[0]
+        else:
+            y = self.gaussian_conv(x, self.weight, self.stride, self.padding, self.dilation)
+        if self.bias is not None:
+            y = y + self.bias.view(1, -1, 1, 1)
+        return y.squeeze(0) if unbatched else y
+
+
+def conv_unsupported_reason(module: nn.Conv2d) -> str | None:
+    """Why ``module`` cannot run analog (None if it can): groups, non-zero padding modes, 'same' padding."""
+    if module.groups != 1:
+        return f"groups={module.groups} (only groups=1 maps onto one crossbar)"
+    if module.padding_mode != "zeros":
+        return f"padding_mode={module.padding_mode!r} (only 'zeros')"
+    if isinstance(module.padding, str) and module.padding != "valid":
+        return f"padding={module.padding!r} (use explicit integer padding)"
+    return None
+
+
+def _check_convertible(module: nn.Conv2d) -> None:
+    reason = conv_unsupported_reason(module)
+    if reason is not None:
+        raise ConfigError(f"Conv2d cannot be simulated on a crossbar: {reason}")
+

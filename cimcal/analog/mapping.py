@@ -1,0 +1,153 @@
+"""Weight -> conductance mapping and the compact conductance tables derived from a ChipProfile.
+
+A weight row ``w_j`` is scaled by ``max|w_j|`` into ``[-1, 1]`` and mapped onto a differential pair
+(G+, G-): the active device of the pair is programmed to the level whose target conductance is nearest to
+``g_min + |w| (g_max - g_min)``, the idle device to the lowest level; the effective unit weight is
+``(G+ - G-) / (g_max - g_min)``. ``g_min``/``g_max`` are the targets of the lowest/highest level.
+
+The profile is reached only through its public sampling API (``sample``, ``sample_programmed``,
+``sample_read_noise``, ``mean_us``, ``sigma_us``): from large samples we keep, per level, the
+``n_knots`` inverse-CDF knots at probabilities ``(k + 0.5) / n_knots`` in *unit-weight* space. A forward
+then costs one byte of randomness and one gather from a small, cache-resident float32 table per device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from cimcal.errors import ProfileError
+
+__all__ = [
+    "ConductanceTables",
+    "build_conductance_tables",
+    "noisy_unit_weight",
+    "instance_unit_weight",
+    "level_unit_weight",
+    "N_KNOTS",
+    "N_FINE",
+]
+
+N_KNOTS = 256  # one random byte per device draw
+N_FINE = 1024  # resolution of the |w| -> level lookup
+_SAMPLES_PER_LEVEL = 16384
+
+
+@dataclass(frozen=True)
+class ConductanceTables:
+    """Per-level tables in unit-weight space ((g - g_min) / (g_max - g_min)); shapes in brackets.
+
+    level_of_fine [N_FINE] int32: level position for ``round(|w| * (N_FINE - 1))``.
+    target_unit [L]: programmed target of each level.
+    read_unit [L*K]: knots of one read (programming error + read noise): ``every_forward``.
+    programmed_unit [L*K]: knots of the persistent programmed value: ``fixed_instance``.
+    read_noise_unit [L*K]: knots of the read-to-read deviation added at every forward (``fixed_instance``).
+    mean_unit, sigma_unit [L]: per-level mean and std (the gaussian baseline).
+    """
+
+    g_min_us: float
+    g_max_us: float
+    level_of_fine: torch.Tensor
+    target_unit: torch.Tensor
+    read_unit: torch.Tensor
+    programmed_unit: torch.Tensor
+    read_noise_unit: torch.Tensor
+    mean_unit: torch.Tensor
+    sigma_unit: torch.Tensor
+
+
+def build_conductance_tables(lut: Any, t_s: float | None, generator: torch.Generator | None = None) -> ConductanceTables:
+    """Derive compact per-level tables from a fitted ConductanceLUT at inference time ``t_s``."""
+    levels = torch.as_tensor(lut.levels_).long()
+    targets = torch.as_tensor(lut.g_target_us_, dtype=torch.float64)
+    if levels.numel() < 2:
+        raise ProfileError(f"conductance model has {levels.numel()} level(s); weight mapping needs at least 2")
+    order = torch.argsort(targets)
+    levels, targets = levels[order], targets[order]
+    g_min, g_max = float(targets[0]), float(targets[-1])
+    if not g_max > g_min:
+        raise ProfileError(f"conductance levels span no range (g_target_us from {g_min} to {g_max})")
+    span = g_max - g_min
+
+    def unit(g_us: torch.Tensor) -> torch.Tensor:
+        return ((g_us.double() - g_min) / span).float()
+
+    n_levels = levels.numel()
+    draws = levels.repeat_interleave(_SAMPLES_PER_LEVEL)
+    probs = (torch.arange(N_KNOTS, dtype=torch.float64) + 0.5) / N_KNOTS
+
+    def knots(samples: torch.Tensor, offset: float) -> torch.Tensor:
+        table = samples.double().view(n_levels, _SAMPLES_PER_LEVEL)
+        q = torch.quantile(table, probs, dim=1).T  # (L, K)
+        return ((q - offset) / span).float().contiguous().view(-1)
+
+    read = knots(lut.sample(draws, t_s=t_s, generator=generator), g_min)
+    programmed = knots(lut.sample_programmed(draws, t_s=t_s, generator=generator), g_min)
+    read_noise = knots(lut.sample_read_noise(draws, generator=generator), 0.0)
+    mean_unit = unit(torch.as_tensor(lut.mean_us(levels, t_s=t_s)))
+    sigma_unit = (torch.as_tensor(lut.sigma_us(levels, t_s=t_s), dtype=torch.float64) / span).float()
+
+    target_unit = unit(targets)
+    fine = torch.linspace(0.0, 1.0, N_FINE, dtype=torch.float32)
+    level_of_fine = (fine[:, None] - target_unit[None, :]).abs().argmin(dim=1).to(torch.int32)
+    for name, table in (("read", read), ("programmed", programmed), ("read-noise", read_noise)):
+        if not torch.isfinite(table).all():
+            raise ProfileError(f"conductance model produced non-finite {name} samples at t_s={t_s}")
+    return ConductanceTables(
+        g_min_us=g_min,
+        g_max_us=g_max,
+        level_of_fine=level_of_fine.contiguous(),
+        target_unit=target_unit.contiguous(),
+        read_unit=read,
+        programmed_unit=programmed,
+        read_noise_unit=read_noise,
+        mean_unit=mean_unit.contiguous(),
+        sigma_unit=sigma_unit.contiguous(),
+    )
+
+
+def _levels_and_sign(w_unit: torch.Tensor, level_of_fine: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    fine_idx = (w_unit.abs() * (N_FINE - 1)).round().clamp(0, N_FINE - 1).to(torch.int32)
+    level = level_of_fine[fine_idx]
+    sign = torch.where(w_unit < 0, -1.0, 1.0)
+    return level, sign
+
+
+def noisy_unit_weight(
+    w_unit: torch.Tensor,
+    u_active: torch.Tensor,
+    u_idle: torch.Tensor,
+    level_of_fine: torch.Tensor,
+    read_unit: torch.Tensor,
+) -> torch.Tensor:
+    """One read of every pair: sign * (G_active - G_idle) in unit space; u_* are uint8 knot indices."""
+    level, sign = _levels_and_sign(w_unit, level_of_fine)
+    g_active = read_unit[level * N_KNOTS + u_active.to(torch.int32)]
+    g_idle = read_unit[u_idle.to(torch.int32)]  # the idle device sits at the lowest level (row 0)
+    return sign * (g_active - g_idle)
+
+
+def instance_unit_weight(
+    w_unit: torch.Tensor,
+    rank_active: torch.Tensor,
+    rank_idle: torch.Tensor,
+    u_active: torch.Tensor,
+    u_idle: torch.Tensor,
+    level_of_fine: torch.Tensor,
+    programmed_unit: torch.Tensor,
+    read_noise_unit: torch.Tensor,
+) -> torch.Tensor:
+    """Fixed chip instance: each cell keeps its programming-error quantile rank; read noise is fresh."""
+    level, sign = _levels_and_sign(w_unit, level_of_fine)
+    row = level * N_KNOTS
+    g_active = programmed_unit[row + rank_active.to(torch.int32)] + read_noise_unit[row + u_active.to(torch.int32)]
+    g_idle = programmed_unit[rank_idle.to(torch.int32)] + read_noise_unit[u_idle.to(torch.int32)]
+    return sign * (g_active - g_idle)
+
+
+def level_unit_weight(w_unit: torch.Tensor, level_of_fine: torch.Tensor, target_unit: torch.Tensor) -> torch.Tensor:
+    """Noise-free programmed weight: sign * (target(level) - target(lowest)), the mapping's quantization."""
+    level, sign = _levels_and_sign(w_unit, level_of_fine)
+    return sign * (target_unit[level] - target_unit[0])

@@ -1,0 +1,255 @@
+"""Hardware-in-the-loop inference: program a trained model onto a chip and measure it there.
+
+:func:`deploy_model` (and :func:`deploy_checkpoint`, what ``cimcal deploy`` runs):
+
+1. converts the model for the chip's profile and calibrates its DAC / partial-sum scales exactly as
+   Monte-Carlo evaluation does (:func:`cimcal.train.evaluate.evaluate_model`), so prediction and chip
+   share the same constants;
+2. plans every analog layer onto the chip (:mod:`cimcal.deploy_plan`: differential pairs, tiles, ADC
+   columns, read voltage and read-out gain);
+3. programs the cells with program-and-verify through the tester driver, resumably
+   (:mod:`cimcal.deploy_state`), and runs the task's test split with every MVM on the chip and the
+   digital parts in torch (:mod:`cimcal.deploy_chip`);
+4. reports the on-chip metric beside the predicted one (mean over ``mc`` chip instances) and the gap.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cimcal.errors import ConfigError
+
+__all__ = ["DeployResult", "deploy_model", "deploy_checkpoint", "calibrated_analog_model", "file_sha256"]
+
+
+@dataclass
+class DeployResult:
+    """On-chip and predicted figures of one deployment, and what it took."""
+
+    metric: str
+    on_chip: float
+    predicted: float
+    predicted_std: float
+    predicted_worst: float
+    noise_free: float
+    mc: int
+    gap: float  # on_chip - predicted
+    n_items: int
+    instrument_idn: str
+    layers: list[dict[str, Any]] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+    deviations: list[str] = field(default_factory=list)
+    state_path: str | None = None
+    resumed: bool = False  # some cells were found already programmed and verified (not reprogrammed)
+    t_eval_s: float = 0.0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict (what ``cimcal deploy --json`` prints)."""
+        return dataclasses.asdict(self)
+
+    def summary(self) -> str:
+        """Two human lines: measured vs predicted, and what was programmed."""
+        scale, unit = (100.0, " %") if self.metric == "accuracy" else (1.0, "")
+        s = self.stats
+        return (
+            f"{self.metric} on chip {scale * self.on_chip:.2f}{unit}; predicted {scale * self.predicted:.2f} "
+            f"+- {scale * self.predicted_std:.2f}{unit} over {self.mc} chip instances "
+            f"(worst {scale * self.predicted_worst:.2f}); gap {scale * self.gap:+.2f}{unit}; "
+            f"noise-free {scale * self.noise_free:.2f}{unit}\n"
+            f"{len(self.layers)} layers in {sum(layer['slots'] for layer in self.layers)} slots on {self.instrument_idn}: "
+            f"{s.get('cells_programmed', 0)} cells programmed, {s.get('cells_skipped', 0)} already verified "
+            f"(skipped), {s.get('cells_failed_verify', 0)} failed verify; {s.get('mvm_vectors', 0)} input vectors "
+            f"in {s.get('mvm_calls', 0)} block transfers; {self.seconds:.1f} s"
+        )
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _eval_config(analog_config: Any, t_s: float | None) -> Any:
+    from cimcal.train.evaluate import instance_config
+
+    # compile only changes speed; eager keeps deployment free of a compile warm-up
+    return dataclasses.replace(instance_config(analog_config, t_s), compile=False)
+
+
+def calibrated_analog_model(model: nn.Module, task: Any, profile: Any, analog_config: Any, *, seed: int = 0,
+                            t_s: float | None = None, calib_batches: int = 4, batch_size: int = 256) -> nn.Module:
+    """The converted model with the DAC / partial-sum calibration Monte-Carlo evaluation uses (same seed)."""
+    from cimcal.analog import analog_layers, convert, new_instance
+    from cimcal.train.evaluate import calibrate_ranges
+    from cimcal.train.loop import noise_seed
+
+    analog = convert(copy.deepcopy(model), profile, _eval_config(analog_config, t_s))
+    generator = torch.Generator().manual_seed(noise_seed(seed, 0, stream=9))
+    for layer in analog_layers(analog):
+        layer.generator = generator
+    new_instance(analog, generator)
+    calibrate_ranges(analog, task.train, calib_batches, batch_size)
+    analog.eval()
+    return analog
+
+
+def _t_eval(profile: Any, config: Any, t_s: float | None) -> float:
+    if t_s is not None:
+        return float(t_s)
+    if getattr(config, "t_s", None) is not None:
+        return float(config.t_s)
+    return float(torch.as_tensor(profile.conductance.t_s_).min())
+
+
+class ClockWait:
+    """Wait until the tester's clock reaches a time: age a simulated chip (``CLOCk:ADVance``), sleep on silicon."""
+
+    def __init__(self, simulated: bool, poll_s: float = 1.0) -> None:
+        self.simulated = simulated
+        self.poll_s = poll_s
+
+    def until(self, tester: Any, clock_s: float) -> None:
+        while (left := clock_s - tester.clock()) > 0:
+            if self.simulated:
+                tester.advance(left)
+                return
+            time.sleep(min(left, self.poll_s))
+
+
+def _pick_wait(idn: str) -> ClockWait:
+    return ClockWait(simulated="SIMCHIP" in idn.upper())
+
+
+def deploy_model(
+    model: nn.Module,
+    task: Any,
+    profile: Any,
+    tester: Any,
+    analog_config: Any = None,
+    *,
+    key: str = "",
+    state_path: str | os.PathLike | None = None,
+    mc: int = 20,
+    seed: int = 0,
+    t_s: float | None = None,
+    split: str = "test",
+    predicted: Any = None,
+    batch_vectors: int = 2048,
+    chunk_cells: int = 4096,
+    progress: bool = False,
+    on_chunk: Callable[[int], None] | None = None,
+    arrays: list[int] | None = None,
+) -> DeployResult:
+    """Deploy the digital ``model`` of ``task`` onto the chip behind ``tester`` and measure it.
+
+    Parameters
+    ----------
+    profile : the chip's ChipProfile (conductance and ADC models) the prediction and mapping use.
+    tester : an open :class:`cimcal.drivers.tester.CIMTester` (any object with its methods).
+    analog_config : the AnalogConfig the model was trained/evaluated with (its ``t_s`` and converters).
+    key : identifies the model for resume (``deploy_checkpoint`` uses the checkpoint's sha256).
+    state_path : JSON state file that makes an interrupted deployment resumable (None: no resume).
+    mc, seed : Monte-Carlo chip instances and seed of the prediction (skipped if ``predicted`` given).
+    predicted : an :class:`cimcal.train.EvalResult` already computed for this model and profile.
+    on_chunk : called with the running count of programming chunks (tests use it to interrupt).
+    """
+    from cimcal.analog import AnalogConfig
+    from cimcal.deploy_chip import ChipRunner, chip_model
+    from cimcal.deploy_plan import ChipGeometry, plan_deployment
+    from cimcal.deploy_state import DeployState
+    from cimcal.train.evaluate import evaluate_model
+
+    started = time.perf_counter()
+    if split not in ("test", "val"):
+        raise ConfigError(f"split must be 'test' or 'val', got {split!r}")
+    analog_config = analog_config or AnalogConfig()
+    if predicted is None:
+        predicted = evaluate_model(model, task, profile, _eval_config(analog_config, t_s), mc=mc, t_s=t_s,
+                                   seed=seed, split=split)
+    analog = calibrated_analog_model(model, task, profile, analog_config, seed=seed, t_s=t_s)
+    limits = getattr(tester, "limits", None)
+    geometry = ChipGeometry.from_tester_config(tester.config, getattr(limits, "v_read_max_v", None))
+    plan = plan_deployment(analog, profile, geometry)
+    idn = tester.idn
+    state = DeployState(state_path, f"{key}|{idn}|{getattr(profile, 'sha256', '')}")
+    t_eval = _t_eval(profile, analog_config, t_s)
+    runner = ChipRunner(tester, plan, state, t_eval_s=t_eval, batch_vectors=batch_vectors, chunk_cells=chunk_cells,
+                        wait=_pick_wait(idn), progress=progress, on_chunk=on_chunk, arrays=arrays)
+    try:
+        runner.program_all()
+        on_chip_model = chip_model(analog, runner)
+        inputs, targets = getattr(task, split).tensors[:2]
+        with torch.no_grad():
+            logits = on_chip_model(inputs)
+            loss = float(task.loss(logits, targets)) * targets.numel()
+            correct = int((logits.argmax(-1) == targets).sum())
+    finally:
+        runner.close()
+    on_chip = task.score(loss, correct, targets.numel())
+    deviations = list(plan.deviations)
+    for name in runner.stats["signed_input_layers"]:
+        deviations.append(f"{name}: signed inputs on a unipolar DAC: two MVM passes (x+ and x-) and two conversions "
+                          "per output per tile instead of one")
+    return DeployResult(
+        metric=task.metric, on_chip=float(on_chip), predicted=float(predicted.mean), predicted_std=float(predicted.std),
+        predicted_worst=float(predicted.worst), noise_free=float(predicted.noise_free), mc=int(predicted.mc),
+        gap=float(on_chip - predicted.mean), n_items=int(targets.numel()), instrument_idn=idn,
+        layers=[layer.to_dict() for layer in plan.layers.values()], stats=dict(runner.stats),
+        deviations=deviations, state_path=None if state_path is None else str(state_path),
+        resumed=runner.stats["cells_skipped"] > 0,
+        t_eval_s=t_eval, seconds=time.perf_counter() - started,
+    )
+
+
+def deploy_checkpoint(
+    path: str | os.PathLike,
+    profile: Any,
+    *,
+    resource: str = "sim",
+    task: str | None = None,
+    preset: str = "rram",
+    chip_seed: int = 0,
+    state_path: str | os.PathLike | None = None,
+    tester: Any = None,
+    **options: Any,
+) -> DeployResult:
+    """Load a checkpoint of a built-in task and :func:`deploy_model` it.
+
+    ``resource`` is a VISA resource string, or ``"sim"``: the simulated chip (``preset``, ``chip_seed``)
+    served in-process on an ephemeral loopback port, reached through pyvisa-py like any instrument.
+    Pass an open ``tester`` instead to deploy several models to one chip. ``state_path`` defaults to
+    ``<checkpoint>.deploy.json`` beside the checkpoint.
+    """
+    from cimcal.train.builtin import config_from_json
+    from cimcal.train.checkpoint import load_checkpoint
+    from cimcal.train.tasks import load_task
+
+    checkpoint = load_checkpoint(path, task=task)
+    meta = checkpoint.meta
+    the_task = load_task(meta["task"], seed=meta["split_seed"], **meta.get("task_options", {}))
+    model = checkpoint.build_model(the_task.info)
+    config = config_from_json(meta.get("analog_config"))
+    if state_path is None:
+        state_path = Path(path).with_name(Path(path).name + ".deploy.json")
+    key = file_sha256(path)
+    if tester is not None:
+        return deploy_model(model, the_task, profile, tester, config, key=key, state_path=state_path, **options)
+    import cimcal.drivers as drivers
+
+    with drivers.open_tester(resource, preset=preset, seed=chip_seed) as (opened, _provenance):
+        return deploy_model(model, the_task, profile, opened, config, key=key, state_path=state_path, **options)

@@ -1,0 +1,121 @@
+"""Train a built-in (task, model) pair end to end and describe it for its checkpoint.
+
+:func:`train_builtin` is what ``cimcal train`` runs: load the task with its seeded split, build
+the model with a seeded init, train with :func:`~cimcal.train.loop.train_model`, and return the
+trained digital model with the checkpoint metadata (task, model and hyperparameters,
+AnalogConfig, profile sha256s, method, seed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from cimcal.train.loop import TrainResult, train_model
+from cimcal.train.models import DEFAULT_MODEL, build_model, default_hparams
+from cimcal.train.tasks import load_task
+
+__all__ = ["TRAIN_DEFAULTS", "train_builtin", "config_to_json", "config_from_json"]
+
+# per task: optimiser settings that train the default model well in a few minutes on 2 cores
+TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
+    "digits": {"epochs": 30, "batch_size": 64, "lr": 3e-3},
+    "charlm": {"epochs": 4, "batch_size": 32, "lr": 3e-3},
+}
+
+
+def config_to_json(config: Any) -> dict[str, Any] | None:
+    """An AnalogConfig as a JSON-able dict (None stays None)."""
+    return None if config is None else json_safe(dataclasses.asdict(config))
+
+
+def json_safe(value: Any) -> Any:
+    """Tuples -> lists, recursively (what JSON would do), so metadata compares equal after a round trip."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def config_from_json(data: dict[str, Any] | None) -> Any:
+    """Rebuild an AnalogConfig from :func:`config_to_json` output (lists back to tuples where the default is one)."""
+    from cimcal.analog import AnalogConfig
+
+    if data is None:
+        return AnalogConfig()
+    defaults = AnalogConfig()
+    known = {f.name for f in dataclasses.fields(AnalogConfig)}
+    values = {}
+    for key, value in data.items():
+        if key not in known:
+            continue  # a field of a newer cimcal; ignore it rather than refuse the checkpoint
+        if isinstance(value, list) and isinstance(getattr(defaults, key, None), tuple):
+            value = tuple(value)
+        values[key] = value
+    return AnalogConfig(**values)
+
+
+def _profile_sha(profile: Any) -> str | None:
+    sha = getattr(profile, "sha256", None)
+    return sha() if callable(sha) else sha
+
+
+def train_builtin(
+    task: str,
+    profiles: Sequence[Any] = (),
+    *,
+    method: str = "ste",
+    model: str | None = None,
+    hparams: dict[str, Any] | None = None,
+    analog_config: Any = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    seed: int = 0,
+    max_steps: int | None = None,
+    task_options: dict[str, Any] | None = None,
+    progress: bool = False,
+) -> tuple[nn.Module, dict[str, Any], TrainResult]:
+    """Train a built-in model; return (digital model, checkpoint metadata, TrainResult)."""
+    defaults = TRAIN_DEFAULTS.get(task, {"epochs": 10, "batch_size": 64, "lr": 2e-3})
+    epochs = defaults["epochs"] if epochs is None else epochs
+    batch_size = defaults["batch_size"] if batch_size is None else batch_size
+    lr = defaults["lr"] if lr is None else lr
+    the_task = load_task(task, seed=seed, **(task_options or {}))
+    name = model or DEFAULT_MODEL[task]
+    full_hparams = {**default_hparams(task, name), **(hparams or {})}
+    torch.manual_seed(seed)
+    net = build_model(task, name, the_task.info, full_hparams)
+    if analog_config is None:
+        try:
+            from cimcal.analog import AnalogConfig
+        except ImportError:  # clean training needs no analog layers; evaluation will
+            if method != "clean":
+                raise
+        else:
+            analog_config = AnalogConfig()
+    result = train_model(
+        net, the_task, profiles, method=method, analog_config=analog_config, epochs=epochs,
+        batch_size=batch_size, lr=lr, seed=seed, max_steps=max_steps, progress=progress,
+    )
+    meta = {
+        "task": task,
+        "task_options": json_safe(task_options or {}),
+        "task_info": json_safe(the_task.info),
+        "split_seed": seed,
+        "model": name,
+        "hparams": json_safe(full_hparams),
+        "method": method,
+        "seed": seed,
+        "analog_config": config_to_json(analog_config),
+        "profile_sha256": [_profile_sha(p) for p in profiles],
+        "train": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "max_steps": max_steps,
+                  "world_size": torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1},
+        "history": result.history,
+    }
+    return result.model, meta, result

@@ -1,0 +1,166 @@
+"""Analog layers against a fitted profile: statistics, tiling, chip instances, convert round trips."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+from torch import nn
+
+import cimcal.analog.crossbar as crossbar
+from cimcal.analog import AnalogConfig, AnalogConv2d, AnalogLinear, calibrate, convert, to_digital
+from cimcal.analog.converters import adc_convert_tile
+from cimcal.analog.layers import profile_tables
+from cimcal.errors import ConfigError
+
+
+def _noisy_weight(layer: AnalogLinear, x: torch.Tensor) -> torch.Tensor:
+    """The noisy weight one forward used (grad_x_weight='noisy' returns it)."""
+    with torch.no_grad():
+        return layer.simulate_mvm(x, layer.weight)[2]
+
+
+def test_sampled_pair_conductances_match_the_profile_ks(fitted_profile):
+    lut = fitted_profile.conductance
+    layer = AnalogLinear(200, 100, bias=False, profile=fitted_profile,
+                         config=AnalogConfig(compile=False, grad_x_weight="noisy"), generator=torch.Generator().manual_seed(1))
+    top = int(lut.levels_.max())
+    with torch.no_grad():
+        layer.weight.fill_(1.0)  # every pair: active device at the top level, idle device at the lowest
+    w = _noisy_weight(layer, torch.rand(4, 200)).reshape(-1)
+    g_min, g_max = layer.g_range_us
+    n = w.numel()
+    gen = torch.Generator().manual_seed(2)
+    hi = lut.sample(torch.full((n,), top), generator=gen)
+    lo = lut.sample(torch.full((n,), int(lut.levels_.min())), generator=gen)
+    reference = (hi - lo) / (g_max - g_min)
+    result = stats.ks_2samp(w.numpy(), reference.numpy())
+    assert result.statistic < 0.02, result
+
+
+def test_fixed_instance_keeps_programming_error_and_new_instance_redraws(fitted_profile):
+    config = AnalogConfig(compile=False, grad_x_weight="noisy", resample="fixed_instance")
+    layer = AnalogLinear(64, 64, bias=False, profile=fitted_profile, config=config, generator=torch.Generator().manual_seed(3))
+    x = torch.rand(4, 64)
+    target = layer.weight.detach()
+    first, second = _noisy_weight(layer, x) - target, _noisy_weight(layer, x) - target
+    assert not torch.equal(first, second)  # read noise is fresh at every forward
+    same_chip = np.corrcoef(first.reshape(-1), second.reshape(-1))[0, 1]
+    layer.new_instance(torch.Generator().manual_seed(4))
+    other_chip = np.corrcoef(first.reshape(-1), (_noisy_weight(layer, x) - target).reshape(-1))[0, 1]
+    assert same_chip > 0.8 and other_chip < same_chip - 0.3, (same_chip, other_chip)
+    every = AnalogLinear(64, 64, bias=False, profile=fitted_profile,
+                         config=config.replace(resample="every_forward"), generator=torch.Generator().manual_seed(3))
+    every.weight = layer.weight
+    a, b = _noisy_weight(every, x) - target, _noisy_weight(every, x) - target
+    assert np.corrcoef(a.reshape(-1), b.reshape(-1))[0, 1] < same_chip - 0.3
+
+
+def test_adc_codes_match_the_profile_per_column(fitted_profile):
+    adc = fitted_profile.adc
+    tables = profile_tables(fitted_profile, None)[1]
+    n = 20000
+    gen = torch.Generator().manual_seed(5)
+    for c, col in enumerate(tables.cols.tolist()):
+        for frac in (0.1, 0.37, 0.52, 0.83):
+            a = tables.x_lo + frac * (tables.x_hi - tables.x_lo)
+            u = crossbar.random_bytes(2 * n, gen).view(torch.int16).view(1, n)
+            col_base = torch.full((n,), c * tables.n_points * 256, dtype=torch.int32)
+            # unit partial sums with psum_scale = half range: psum = a - center
+            half, center = 0.5 * (tables.x_hi - tables.x_lo), 0.5 * (tables.x_hi + tables.x_lo)
+            psum = torch.full((1, n), a - center)
+            codes, saturated = adc_convert_tile(
+                torch.zeros(1, n), psum, u, col_base, torch.ones(n), torch.zeros(n),
+                torch.tensor(1.0 / tables.grid_step), torch.tensor((center - tables.grid_x0) / tables.grid_step),
+                torch.tensor(half), torch.tensor(float(tables.interpolate)), tables.n_points, tables.codes,
+            )
+            ours = torch.bincount(codes.long().reshape(-1), minlength=adc.n_codes_).double() / n
+            ref_codes = adc.sample(torch.full((n,), a), torch.full((n,), col), generator=gen)
+            ref = torch.bincount(ref_codes.long(), minlength=adc.n_codes_).double() / n
+            tv = 0.5 * (ours - ref).abs().sum()
+            assert tv < 0.05, (col, frac, float(tv))
+            assert not saturated.any()
+
+
+def test_inputs_beyond_tile_rows_are_split_into_tiles(fitted_profile, monkeypatch):
+    calls = []
+
+    def spy(acc, psum, *rest):
+        calls.append(psum.clone())
+        return adc_convert_tile(acc, psum, *rest)
+
+    monkeypatch.setattr(crossbar, "adc_convert_tile", spy)
+    layer = AnalogLinear(300, 8, profile=fitted_profile, config=AnalogConfig(compile=False, tile_rows=128, noise="lut"))
+    layer(torch.rand(5, 300))
+    assert len(calls) == 3  # rows 0-127, 128-255, 256-299: one ADC conversion per tile
+    assert all(p.shape == (5, 8) for p in calls)
+    calls.clear()
+    layer.set_profile(fitted_profile, layer.config.replace(tile_rows=300))
+    layer(torch.rand(5, 300))
+    assert len(calls) == 1
+
+
+def test_noise_none_is_the_clean_op(fitted_profile):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 10))
+    x = torch.rand(3, 1, 6, 6)
+    reference = model(x)
+    convert(model, fitted_profile, AnalogConfig(noise="none"))
+    assert isinstance(model[0], AnalogConv2d) and isinstance(model[3], AnalogLinear)
+    assert torch.equal(model(x), reference)
+
+
+@pytest.mark.parametrize("noise", ["lut", "gaussian"])
+def test_noisy_forward_tracks_the_clean_output(fitted_profile, noise):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 36, 10))
+    x = torch.rand(64, 1, 6, 6)
+    clean = model(x).detach()
+    convert(model, fitted_profile, AnalogConfig(noise=noise, compile=False), generator=torch.Generator().manual_seed(0))
+    calibrate(model, [x])
+    model.eval()
+    noisy = model(x)
+    noisy.sum().backward()
+    corr = np.corrcoef(noisy.detach().reshape(-1), clean.reshape(-1))[0, 1]
+    assert 0.8 < corr < 1.0
+    assert model[0].weight.grad is not None and torch.isfinite(model[0].weight.grad).all()
+
+
+def test_convert_and_to_digital_round_trip_state_dict(fitted_profile):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 16, 10), nn.Linear(10, 3, bias=False))
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    params = list(model.parameters())
+    analog = convert(model, fitted_profile, AnalogConfig(compile=False))
+    assert list(analog.parameters()) == params  # same Parameter objects: optimizers keep working
+    analog(torch.rand(2, 1, 6, 6))
+    state = analog.state_dict()
+    assert {k for k in state if not k.endswith(("input_range_", "psum_scale_"))} == set(original)
+    fresh = convert(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 16, 10), nn.Linear(10, 3, bias=False)),
+                    fitted_profile, AnalogConfig(compile=False))
+    fresh.load_state_dict(original)  # a digital state_dict loads strictly into an analog model
+    digital = to_digital(analog)
+    assert type(digital[0]) is nn.Conv2d and type(digital[3]) is nn.Linear
+    assert digital.state_dict().keys() == original.keys()
+    assert all(torch.equal(digital.state_dict()[k], v) for k, v in original.items())
+
+
+def test_convert_leaves_grouped_conv_digital_with_a_warning(fitted_profile):
+    model = nn.Sequential(nn.Conv2d(4, 4, 3, groups=2))
+    with pytest.warns(UserWarning, match="groups=2"):
+        convert(model, fitted_profile)
+    assert type(model[0]) is nn.Conv2d
+
+
+def test_noisy_mode_without_profile_and_bad_drift_time_are_config_errors(fitted_profile):
+    with pytest.raises(ConfigError, match="needs a ChipProfile"):
+        AnalogLinear(4, 4, config=AnalogConfig(noise="lut"))
+    with pytest.raises(ConfigError, match="outside the profile's measured drift times"):
+        AnalogLinear(4, 4, profile=fitted_profile, config=AnalogConfig(t_s=1e9))
+
+
+def test_drift_time_changes_the_sampled_conductances(fitted_profile):
+    early = profile_tables(fitted_profile, 1.0)[0]
+    late = profile_tables(fitted_profile, 1000.0)[0]
+    assert float(late.read_unit.view(-1, 256)[-1].median()) < float(early.read_unit.view(-1, 256)[-1].median())
