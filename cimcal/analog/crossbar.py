@@ -23,8 +23,9 @@ _STATS_SAMPLES = 16384
 
 
 def random_bytes(n: int, generator: torch.Generator | None) -> torch.Tensor:
-    """``n`` uniform random uint8 values, drawn 4 at a time as int32 (no int64 index tensors)."""
-    words = torch.randint(-(2**31), 2**31 - 1, ((n + 3) // 4,), dtype=torch.int32, generator=generator)
+    """``n`` uniform random uint8 values, drawn 8 at a time as full-range 64-bit words (fewest generator
+    calls; the consumers index with int32/uint8, never with int64 index tensors)."""
+    words = torch.randint(-(2**63), 2**63 - 1, ((n + 7) // 8,), dtype=torch.int64, generator=generator)
     return words.view(torch.uint8)[:n]
 
 

@@ -40,6 +40,7 @@ from cimcal.errors import ConfigError
 
 __all__ = ["AnalogLinear", "AnalogConv2d", "AnalogLayer", "profile_tables"]
 
+_CONV_CHUNK_ELEMS = 1 << 16  # conv outputs per chunk of images (256 KiB of float32)
 _TABLE_CACHE: dict[tuple[int, str, float | None], tuple[Any, Any]] = {}
 
 
@@ -188,17 +189,18 @@ class AnalogLayer:
 
     def _convert(
         self, psum_tiles: list[Any], out_shape: tuple[int, ...]
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    ) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor]]:
         cfg = self.config
         adc = self._tables("adc_", ("codes", "deq_offset", "deq_gain", "sigma_lsb"))
         psum_scale = self._psum_scale(psum_tiles) if adc is not None else 1.0
-        y_unit, mask, stats = tiled_adc_mvm(
+        return tiled_adc_mvm(
             psum_tiles, out_shape, 1, adc, self._adc_geometry, psum_scale, self.generator, cfg.compile,
             cfg.adc_grad == "saturation_mask",
         )
-        if stats and adc is not None and self._updating():
-            self._running_update(self.psum_scale_, subsample_abs_percentile(torch.cat(stats), cfg.psum_percentile))
-        return y_unit, (None if mask is None else pack_bits(mask))
+
+    def _update_psum_scale(self, stats: list[torch.Tensor]) -> None:
+        if stats and self.adc_codes is not None and self._updating():
+            self._running_update(self.psum_scale_, subsample_abs_percentile(torch.cat(stats), self.config.psum_percentile))
 
     def simulate_mvm(
         self, x2d: torch.Tensor, w2d: torch.Tensor
@@ -215,30 +217,45 @@ class AnalogLayer:
         psum_tiles = [
             (lambda rows=rows: xq[:, rows] @ weight_tile(rows).T) for rows in tile_slices(x2d.shape[1], cfg.tile_rows)
         ]
-        y_unit, mask = self._convert(psum_tiles, (x2d.shape[0], w2d.shape[0]))
+        y_unit, mask, stats = self._convert(psum_tiles, (x2d.shape[0], w2d.shape[0]))
+        self._update_psum_scale(stats)
+        mask = None if mask is None else pack_bits(mask)
         return y_unit.mul_(w_max * full_scale), mask, (full * w_max[:, None] if noisy else None)
 
     def simulate_conv(
         self, x: torch.Tensor, weight: torch.Tensor, stride: Any, padding: Any, dilation: Any
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Chip forward of a conv2d: each tile holds whole kernel patches of a group of input channels, so a
-        tile's partial sums are a conv over that channel group (no im2col). Mask order: (tile, N, O, H, W)."""
+        tile's partial sums are a conv over that channel group (no im2col). Images go through in chunks of
+        bounded output size (one chip read for all chunks). Mask order: (tile, N, O, H, W)."""
         cfg = self.config
         out_ch, in_ch, kh, kw = weight.shape
         full_scale = self._input_full_scale(x)
-        xq = dac_quantize(x, full_scale, cfg.dac_bits)
         w_max, _, full = self._weight_tiles(weight.reshape(out_ch, -1), materialize=True)
         wn = full.view_as(weight)
         groups = conv_channel_tiles(in_ch, kh * kw, cfg.tile_rows)
-        psum_tiles = [
-            (lambda cs=cs: F.conv2d(xq[:, cs], wn[:, cs], None, stride, padding, dilation)) for cs in groups
-        ]
         n, _, h, w = x.shape
         oh = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
         ow = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
-        y_unit, mask = self._convert(psum_tiles, (n, out_ch, oh, ow))
+        per_chunk = max(1, _CONV_CHUNK_ELEMS // max(1, out_ch * oh * ow))
+        y = x.new_empty(n, out_ch, oh, ow)
+        scale = (w_max * full_scale).view(1, -1, 1, 1)
+        masks, stats = [], []
+        for start in range(0, n, per_chunk):
+            xq = dac_quantize(x[start : start + per_chunk], full_scale, cfg.dac_bits)
+            psum_tiles = [
+                (lambda cs=cs, xq=xq: F.conv2d(xq[:, cs], wn[:, cs], None, stride, padding, dilation)) for cs in groups
+            ]
+            y_unit, mask, chunk_stats = self._convert(psum_tiles, (xq.shape[0], out_ch, oh, ow))
+            y[start : start + per_chunk] = y_unit.mul_(scale)
+            stats += chunk_stats
+            if mask is not None:
+                masks.append(mask)
+            del xq, y_unit, psum_tiles
+        self._update_psum_scale(stats)
+        mask = pack_bits(torch.cat(masks, dim=1)) if masks else None
         noisy_w = (wn * w_max.view(-1, 1, 1, 1)) if cfg.grad_x_weight == "noisy" else None
-        return y_unit.mul_((w_max * full_scale).view(1, -1, 1, 1)), mask, noisy_w
+        return y, mask, noisy_w
 
     def _gaussian_prepare(self, x: torch.Tensor, w2d: torch.Tensor) -> tuple[torch.Tensor, float, torch.Tensor, torch.Tensor]:
         cfg = self.config

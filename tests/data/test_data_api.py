@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import make_conductance
+from data_tables import make_conductance
 
 import cimcal.data
 from cimcal.data import iter_batches, read_table

@@ -7,7 +7,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import make_adc, make_conductance, write_csv, write_parquet
+from data_tables import make_adc, make_conductance, write_csv, write_parquet
 
 from cimcal.cli import main
 from cimcal.data import iter_batches, read_table, write_table

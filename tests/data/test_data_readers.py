@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_conductance, write_csv, write_parquet
+from data_tables import make_conductance, write_csv, write_parquet
 
 from cimcal.data import iter_batches, read_table
 from cimcal.errors import ConfigError, DataError

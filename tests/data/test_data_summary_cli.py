@@ -6,7 +6,7 @@ import hashlib
 import json
 
 import pytest
-from conftest import make_adc, make_conductance, write_csv, write_parquet
+from data_tables import make_adc, make_conductance, write_csv, write_parquet
 
 from cimcal.cli import main
 from cimcal.cli.options import parse_column_map

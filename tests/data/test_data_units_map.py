@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import make_conductance, write_csv
+from data_tables import make_conductance, write_csv
 
 from cimcal.data import read_table
 from cimcal.errors import ConfigError, DataError

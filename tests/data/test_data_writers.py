@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from conftest import make_adc, make_conductance
+from data_tables import make_adc, make_conductance
 
 from cimcal import __version__
 from cimcal.data import read_metadata, read_table, write_table
