@@ -59,7 +59,7 @@ class ConductanceLUT:
     def fit(self, df: pd.DataFrame) -> ConductanceLUT:
         """Fit from one canonical conductance DataFrame (row, col, level, g_us[, t_s, ...])."""
         summary = summarize_conductance(df)
-        cells = summary.cells.finish()
+        cells = summary.cells.finish(summary.time_map())
         residuals = summarize_residuals(df, cells)
         return self._fit_summaries(summary, residuals, cells)
 
@@ -74,7 +74,9 @@ class ConductanceLUT:
     ) -> ConductanceLUT:
         """Fit from merged pass-1 (and optional pass-2 residual) summaries.
 
-        ``cells`` is ``summary.cells.finish()`` when the caller already has it.
+        ``cells`` is ``summary.cells.finish(summary.time_map())`` when the caller already has it.
+        Reads are grouped into time points by :class:`cimcal.noise.summaries.TimeMap` (gaps of more
+        than 0.1 in ``log1p(t_s)`` separate time points).
         """
         return cls(n_knots=n_knots)._fit_summaries(summary, residuals or ResidualSummary(), cells)
 
@@ -86,11 +88,18 @@ class ConductanceLUT:
             raise ConfigError("cannot fit a conductance model from an empty table")
         k = int(self.n_knots)
         probs = np.linspace(0.0, 1.0, k)
+        time_map = summary.time_map()
+        cells = cells if cells is not None else summary.cells.finish(time_map)
+        if cells.time_map is None:  # a table finished per fine time key
+            cells = cells.regroup(time_map)
+        summary = summary.clustered(time_map)
         groups = np.array(sorted(summary.stats), dtype=np.int64)
         g_level, g_tkey = groups >> 12, groups & 0xFFF
         levels = np.unique(g_level)
         t_keys = np.unique(g_tkey)
         t_s = np.array([summary.t_sum[int(t)][0] / summary.t_sum[int(t)][1] for t in t_keys])
+        t_span = np.array([summary.t_range.get(int(t), [ts, ts]) for t, ts in zip(t_keys, t_s)],
+                          dtype=np.float64).reshape(-1, 2)
         n_t, n_l = len(t_keys), len(levels)
 
         reads_q = np.zeros((n_t, n_l, k))
@@ -103,7 +112,6 @@ class ConductanceLUT:
 
         # Cell means go through the same fixed-grid histogram as single reads, so that a table
         # read once per cell gives identical programmed and single-read quantiles.
-        cells = cells if cells is not None else summary.cells.finish()
         cell_group = (cells.level << 12) | cells.t_key
         cell_hist = GroupedHistogram.of(cell_group, float_keys(cells.mean_us), cells.mean_us)
         cell_range = pd.Series(cells.mean_us).groupby(cell_group).agg(["min", "max", "size"])
@@ -156,6 +164,7 @@ class ConductanceLUT:
         self.levels_ = torch.as_tensor(levels, dtype=torch.int64)
         self.g_target_us_ = torch.as_tensor(target, dtype=torch.float32)
         self.t_s_ = torch.as_tensor(t_s, dtype=torch.float64)
+        self.t_span_s_ = torch.as_tensor(t_span, dtype=torch.float64)
         self.quantiles_ = torch.as_tensor(reads_q, dtype=torch.float32)
         self.programmed_quantiles_ = torch.as_tensor(prog_q, dtype=torch.float32)
         self.read_noise_quantiles_ = torch.as_tensor(noise_q, dtype=torch.float32)
@@ -191,11 +200,23 @@ class ConductanceLUT:
         return {name.rstrip("_"): getattr(self, name).contiguous() for name in self._TENSORS}
 
     @classmethod
-    def from_state(cls, tensors: dict[str, torch.Tensor], n_knots: int) -> ConductanceLUT:
-        """Rebuild a fitted model from :meth:`state_tensors` (shapes checked by the caller)."""
+    def from_state(cls, tensors: dict[str, torch.Tensor], n_knots: int,
+                   t_span_s: list | None = None) -> ConductanceLUT:
+        """Rebuild a fitted model from :meth:`state_tensors` (shapes checked by the caller).
+
+        ``t_span_s``: the measured [min, max] t_s of each time point (profile metadata); profiles
+        written before it existed get spans of zero width at ``t_s``.
+        """
         model = cls(n_knots=n_knots)
         for name in cls._TENSORS:
             setattr(model, name, tensors[name.rstrip("_")])
+        t = model.t_s_.double()
+        span = torch.stack([t, t], dim=1)
+        if t_span_s is not None:
+            given = torch.as_tensor(t_span_s, dtype=torch.float64).reshape(-1, 2)
+            if given.shape == span.shape and bool(torch.isfinite(given).all()):
+                span = given
+        model.t_span_s_ = span
         model._finish()
         return model
 

@@ -23,6 +23,7 @@ from cimcal.noise.conductance import ConductanceLUT
 from cimcal.noise.profile import FORMAT_VERSION, ChipProfile
 from cimcal.noise.summaries import (
     ADCSummary,
+    CellAccumulator,
     CellTable,
     ConductanceSummary,
     ResidualSummary,
@@ -72,12 +73,26 @@ def _batches(source: Any, kind: str, column_map: Mapping[str, str] | None, batch
         yield batch
 
 
-def _pass(batches: Iterable[pd.DataFrame], summarize, empty, bar) -> Any:
+def _pass(batches: Iterable[pd.DataFrame], summarize, empty, bar=None) -> Any:
+    """Summarize batches and merge them in a tree; conductance cells go to one accumulator.
+
+    The per-cell accumulators are O(cells) each: keeping one per tree rank would hold up to
+    log2(batches) copies, so every batch's cells are absorbed into a single accumulator instead.
+    """
     tree = _TreeMerge()
+    cells = CellAccumulator() if isinstance(empty, ConductanceSummary) else None
     for batch in batches:
-        tree.push(summarize(batch))
-        bar.update(len(batch))
-    return tree.result(empty)
+        summary = summarize(batch)
+        if cells is not None:
+            cells.absorb(summary.cells)
+            summary.cells = CellAccumulator()
+        tree.push(summary)
+        if bar is not None:
+            bar.update(len(batch))
+    result = tree.result(empty)
+    if cells is not None:
+        result.cells = cells
+    return result
 
 
 def _summarize_partition(kind: str, source: Any, partition: dict, column_map: Any, batch_rows: int,
@@ -91,10 +106,7 @@ def _summarize_partition(kind: str, source: Any, partition: dict, column_map: An
         def fn(batch: pd.DataFrame) -> ResidualSummary:
             return summarize_residuals(batch, cells)
         empty = ResidualSummary()
-    tree = _TreeMerge()
-    for batch in _batches(source, kind, column_map, batch_rows, partition):
-        tree.push(fn(batch))
-    return tree.result(empty)
+    return _pass(_batches(source, kind, column_map, batch_rows, partition), fn, empty)
 
 
 def _merge_pair(a: Any, b: Any) -> Any:
@@ -194,7 +206,7 @@ def fit_profile(
             else:
                 summary = _pass(_batches(conductance, "conductance", column_map, batch_rows),
                                 summarize_conductance, ConductanceSummary(), bar)
-            cells = summary.cells.finish()
+            cells = summary.cells.finish(summary.time_map())
             residuals = ResidualSummary()
             if len(cells.count) and int(cells.count.max()) > 1:
                 bar.set_description("fit (read noise pass)")

@@ -94,7 +94,8 @@ class ChipProfile:
         doc: dict[str, Any] = {"provenance": self.provenance}
         if self.conductance is not None:
             tensors.update({f"conductance.{k}": v for k, v in self.conductance.state_tensors().items()})
-            doc["conductance"] = {"n_knots": int(self.conductance.n_knots)}
+            doc["conductance"] = {"n_knots": int(self.conductance.n_knots),
+                                  "t_span_s": self.conductance.t_span_s_.tolist()}
         if self.adc is not None:
             tensors.update({f"adc.{k}": v for k, v in self.adc.state_tensors().items()})
             doc["adc"] = {"params": self.adc.get_params(), "fitted": self.adc.state_params()}
@@ -174,7 +175,13 @@ class ChipProfile:
                 n_knots = int(doc["conductance"]["n_knots"])
                 _require(part["quantiles"].shape[-1] == n_knots,
                          f"conductance tables have {part['quantiles'].shape[-1]} knots, metadata says {n_knots}", name)
-                conductance = ConductanceLUT.from_state(part, n_knots=n_knots)
+                t_span = doc["conductance"].get("t_span_s")
+                if t_span is not None:
+                    span = np.asarray(t_span, dtype=np.float64)
+                    _require(span.shape == (len(part["t_s"]), 2) and bool(np.isfinite(span).all())
+                             and bool((span[:, 0] <= span[:, 1]).all()),
+                             "conductance t_span_s metadata must be one finite [min, max] per time point", name)
+                conductance = ConductanceLUT.from_state(part, n_knots=n_knots, t_span_s=t_span)
             if "adc" in doc:
                 part = cls._part(tensors, "adc", _ADC_SPEC, name)
                 _check_adc(part, doc["adc"]["fitted"], name)

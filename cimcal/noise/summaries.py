@@ -17,6 +17,10 @@ each batch are appended and compacted (sort + reduce) whenever they outgrow the 
 table, so the cost is amortized O(rows) and the peak about three times the cell table.
 Read-to-read noise then needs a second pass: :func:`summarize_residuals` histograms each read's
 deviation from its cell mean, looked up by key in the finished cell table.
+
+Times are keyed on a fine log1p(t_s) grid and only clustered into time points (:class:`TimeMap`,
+gaps wider than TIME_GAP_LOG1P) from the merged summary, so per-cell timestamps that jitter
+around a nominal time form one time point however the rows were partitioned.
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ import pandas as pd
 __all__ = [
     "MANTISSA_BITS",
     "T_KEYS_PER_E",
+    "TIME_GAP_KEYS",
+    "TIME_GAP_LOG1P",
+    "TimeMap",
     "float_keys",
     "key_edges",
     "histogram_quantiles",
@@ -50,8 +57,15 @@ __all__ = [
 MANTISSA_BITS = 12
 _SHIFT = 23 - MANTISSA_BITS
 _KEY_OFFSET = 1 << 23  # signed keys become non-negative for packing
-# Time points: t_s values whose log1p differs by less than 1/T_KEYS_PER_E fall into one time point.
+# Time points. Reads are first keyed on a fine grid, round(log1p(t_s) * T_KEYS_PER_E) (a mergeable
+# histogram of times), then the occupied fine keys are clustered by gaps: a new time point starts
+# where consecutive occupied keys are more than TIME_GAP_KEYS apart (0.1 in log1p(t_s), about 10 %
+# in time). Reads taken at one nominal time but timestamped per cell (t = 1.0..2.3 s for a nominal
+# 1 s) thus form one time point, while a decade-spaced schedule stays separate.
 T_KEYS_PER_E = 100
+TIME_GAP_KEYS = 10
+TIME_GAP_LOG1P = TIME_GAP_KEYS / T_KEYS_PER_E
+_T_MASK = (1 << 12) - 1
 _GROUP_SHIFT = 28  # packed = group << 28 | (key + offset)
 
 
@@ -114,8 +128,38 @@ def histogram_quantiles(
 
 
 def time_keys(t_s: np.ndarray) -> np.ndarray:
-    """Time-point index of each ``t_s``: round(log1p(t_s) * T_KEYS_PER_E)."""
+    """Fine time key of each ``t_s``: round(log1p(t_s) * T_KEYS_PER_E) (see :class:`TimeMap`)."""
     return np.rint(np.log1p(np.asarray(t_s, dtype=np.float64)) * T_KEYS_PER_E).astype(np.int64)
+
+
+@dataclass
+class TimeMap:
+    """Fine time keys -> time points (each named by the first fine key of its cluster).
+
+    Built from the occupied fine keys of a whole (merged) summary, so the clustering does not
+    depend on how the rows were partitioned.
+    """
+
+    fine: np.ndarray  # sorted occupied fine keys
+    cluster: np.ndarray  # cluster key of each
+
+    @classmethod
+    def of(cls, keys: np.ndarray) -> TimeMap:
+        """Cluster fine keys: a gap of more than TIME_GAP_KEYS between occupied keys starts a time point."""
+        fine = np.unique(np.asarray(keys, dtype=np.int64))
+        new = np.concatenate([[True], np.diff(fine) > TIME_GAP_KEYS]) if len(fine) else np.zeros(0, bool)
+        return cls(fine, fine[new][np.cumsum(new) - 1] if len(fine) else fine)
+
+    def apply(self, keys: np.ndarray) -> np.ndarray:
+        """Cluster key of each fine key (keys absent from the map go to the nearest occupied key)."""
+        keys = np.asarray(keys, dtype=np.int64)
+        if len(self.fine) == 0:
+            return keys
+        i = np.clip(np.searchsorted(self.fine, keys), 1, len(self.fine) - 1) if len(self.fine) > 1 \
+            else np.zeros(len(keys), np.int64)
+        if len(self.fine) > 1:
+            i = np.where(np.abs(self.fine[i - 1] - keys) <= np.abs(self.fine[i] - keys), i - 1, i)
+        return self.cluster[i]
 
 
 @dataclass
@@ -203,14 +247,22 @@ def _chip_hashes(chip_id: pd.Series | None, n: int) -> np.ndarray:
 
 
 def cell_keys(df: pd.DataFrame, t_key: np.ndarray) -> np.ndarray:
-    """64-bit hash of (chip_id, array, row, col, level, time point) per row (collisions ~ cells^2 / 2^65)."""
+    """Key of (chip_id, array, row, col, level, time key) per row.
+
+    The high 52 bits hash the cell (collisions ~ cells^2 / 2^53 per time point), the low 12 bits
+    hold the time key, so that cells can be regrouped from fine keys to time points later.
+    """
     n = len(df)
     h = _chip_hashes(df["chip_id"] if "chip_id" in df else None, n)
     array = df["array"].to_numpy(np.int64) if "array" in df else np.zeros(n, np.int64)
     for v in (array, df["row"].to_numpy(np.int64), df["col"].to_numpy(np.int64),
-              df["level"].to_numpy(np.int64), t_key):
+              df["level"].to_numpy(np.int64)):
         h = _mix(h, v)
-    return h.view(np.int64)
+    return _with_time(h.view(np.int64), np.asarray(t_key, np.int64))
+
+
+def _with_time(keys: np.ndarray, t_key: np.ndarray) -> np.ndarray:
+    return (keys & ~np.int64(_T_MASK)) | (t_key & _T_MASK)
 
 
 @dataclass
@@ -222,6 +274,14 @@ class CellTable:
     t_key: np.ndarray
     mean_us: np.ndarray
     count: np.ndarray
+    time_map: TimeMap | None = None  # set once fine time keys were merged into time points
+
+    def regroup(self, time_map: TimeMap) -> CellTable:
+        """Merge the cells' fine time keys into the time points of ``time_map``."""
+        t_key = time_map.apply(self.t_key)
+        keys, level, t_key, sums, counts = _reduce_cells(
+            _with_time(self.keys, t_key), self.level, t_key, self.mean_us * self.count, self.count)
+        return CellTable(keys, level, t_key, sums / np.maximum(counts, 1), counts, time_map)
 
     def lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Mean and count of the cells ``keys`` (every key must be present)."""
@@ -285,6 +345,13 @@ class CellAccumulator:
         self.pending, self.pending_rows = [], 0
         return self
 
+    def absorb(self, other: CellAccumulator) -> None:
+        """Take over ``other``'s partial aggregates in place (one accumulator for a whole stream)."""
+        parts = [p for p in other._parts() if len(p[0])]
+        self.pending.extend(parts)
+        self.pending_rows += sum(len(p[0]) for p in parts)
+        self._maybe_compact()
+
     def merge(self, other: CellAccumulator) -> CellAccumulator:
         big, small = (self, other) if len(self.keys) >= len(other.keys) else (other, self)
         extra = [p for p in small._parts() if len(p[0])] + list(big.pending)
@@ -293,8 +360,14 @@ class CellAccumulator:
         out._maybe_compact()
         return out
 
-    def finish(self) -> CellTable:
+    def finish(self, time_map: TimeMap | None = None) -> CellTable:
+        """The per-cell table; with ``time_map``, cells are per time point instead of per fine time key."""
         self.compact()  # compacted tables are sorted by key
+        if time_map is not None:
+            t_key = time_map.apply(self.t_key)
+            keys, level, t_key, sums, counts = _reduce_cells(
+                _with_time(self.keys, t_key), self.level, t_key, self.sum_us, self.count)
+            return CellTable(keys, level, t_key, sums / np.maximum(counts, 1), counts, time_map)
         return CellTable(self.keys, self.level, self.t_key, self.sum_us / np.maximum(self.count, 1), self.count)
 
 
@@ -305,6 +378,7 @@ class ConductanceSummary:
     reads: GroupedHistogram = field(default_factory=GroupedHistogram)
     stats: dict = field(default_factory=dict)  # (level << 12 | t_key) -> [n, sum, sumsq, min, max]
     t_sum: dict = field(default_factory=dict)  # t_key -> [sum of t_s, n]
+    t_range: dict = field(default_factory=dict)  # t_key -> [min t_s, max t_s]
     target: dict = field(default_factory=dict)  # level -> [sum of g_target_us, n]
     cells: CellAccumulator = field(default_factory=CellAccumulator)
     n_rows: int = 0
@@ -321,11 +395,49 @@ class ConductanceSummary:
             reads=self.reads.merge(other.reads),
             stats=_merge_stats(self.stats, other.stats),
             t_sum=t_sum,
+            t_range=_merge_ranges(self.t_range, other.t_range),
             target=target,
             cells=self.cells.merge(other.cells),
             n_rows=self.n_rows + other.n_rows,
             chip_ids=self.chip_ids | other.chip_ids,
         )
+
+    def time_map(self) -> TimeMap:
+        """Clusters of the occupied fine time keys (the time points of the fitted model)."""
+        return TimeMap.of(np.array(sorted(self.t_sum), dtype=np.int64))
+
+    def clustered(self, time_map: TimeMap | None = None) -> ConductanceSummary:
+        """The same summary with histograms, moments and times per time point instead of fine key.
+
+        ``cells`` is shared, not regrouped: finish it with ``cells.finish(time_map)``.
+        """
+        tm = time_map if time_map is not None else self.time_map()
+        packed = self.reads.packed
+        group = packed >> _GROUP_SHIFT
+        new_group = (group & ~np.int64(_T_MASK)) | tm.apply(group & _T_MASK)
+        new_packed = (new_group << _GROUP_SHIFT) | (packed & ((1 << _GROUP_SHIFT) - 1))
+        reads = GroupedHistogram._reduce(new_packed, self.reads.counts, self.reads.vmin, self.reads.vmax,
+                                         np.argsort(new_packed, kind="stable"))
+        remap = {int(k): int(c) for k, c in zip(tm.fine, tm.cluster)}
+        stats: dict = {}
+        for code, v in self.stats.items():
+            stats = _merge_stats(stats, {(code & ~_T_MASK) | remap.get(code & _T_MASK, code & _T_MASK): v})
+        t_sum: dict = {}
+        t_range: dict = {}
+        for k, v in self.t_sum.items():
+            c = remap.get(k, k)
+            t_sum[c] = [t_sum.get(c, [0.0, 0])[0] + v[0], t_sum.get(c, [0.0, 0])[1] + v[1]]
+        for k, v in self.t_range.items():
+            t_range = _merge_ranges(t_range, {remap.get(k, k): v})
+        return ConductanceSummary(reads, stats, t_sum, t_range, dict(self.target), self.cells, self.n_rows,
+                                  set(self.chip_ids))
+
+
+def _merge_ranges(a: dict, b: dict) -> dict:
+    out = {k: list(v) for k, v in a.items()}
+    for k, v in b.items():
+        out[k] = [min(out[k][0], v[0]), max(out[k][1], v[1])] if k in out else list(v)
+    return out
 
 
 @dataclass
@@ -351,11 +463,12 @@ def summarize_conductance(df: pd.DataFrame) -> ConductanceSummary:
     g_us = df["g_us"].to_numpy(np.float64)
     t_s = df["t_s"].to_numpy(np.float64) if "t_s" in df else np.zeros(len(df))
     t_key = time_keys(t_s)
-    if t_key.max() >= 1 << 12:
-        raise ValueError("t_s beyond e**40 s cannot be keyed")
+    if t_key.max() >= 1 << 12 or t_key.min() < 0:
+        raise ValueError("t_s must lie in [0, e**40] s to be keyed")
     group = _group_code(level, t_key)
-    t_stats = pd.DataFrame({"k": t_key, "t": t_s}).groupby("k")["t"].agg(["sum", "size"])
+    t_stats = pd.DataFrame({"k": t_key, "t": t_s}).groupby("k")["t"].agg(["sum", "size", "min", "max"])
     t_sum = {int(k): [float(r["sum"]), int(r["size"])] for k, r in t_stats.iterrows()}
+    t_range = {int(k): [float(r["min"]), float(r["max"])] for k, r in t_stats.iterrows()}
     target: dict = {}
     if "g_target_us" in df:
         tg = pd.DataFrame({"l": level, "g": df["g_target_us"].to_numpy(np.float64)}).groupby("l")["g"].agg(["sum", "size"])
@@ -367,6 +480,7 @@ def summarize_conductance(df: pd.DataFrame) -> ConductanceSummary:
         reads=GroupedHistogram.of(group, float_keys(g_us), g_us),
         stats=_group_stats(group, g_us),
         t_sum=t_sum,
+        t_range=t_range,
         target=target,
         cells=cells,
         n_rows=len(df),
@@ -384,7 +498,10 @@ def summarize_residuals(df: pd.DataFrame, cells: CellTable) -> ResidualSummary:
         return ResidualSummary()
     level = df["level"].to_numpy(np.int64)
     t_s = df["t_s"].to_numpy(np.float64) if "t_s" in df else np.zeros(len(df))
-    keys = cell_keys(df, time_keys(t_s))
+    t_key = time_keys(t_s)
+    if cells.time_map is not None:
+        t_key = cells.time_map.apply(t_key)
+    keys = cell_keys(df, t_key)
     mean_us, count = cells.lookup(keys)
     keep = count > 1
     if not keep.any():

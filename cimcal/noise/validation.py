@@ -42,7 +42,7 @@ import torch
 from scipy import stats
 
 from cimcal.errors import ConfigError, DataError
-from cimcal.noise.summaries import time_keys
+from cimcal.noise.summaries import TIME_GAP_LOG1P, TimeMap, time_keys
 
 __all__ = [
     "ConductanceGroupCheck",
@@ -260,6 +260,46 @@ def _table_cdf(model: Any, level: int, t_s: float):
     return cdf
 
 
+
+def _time_points(model: Any, t_s: np.ndarray, source: str) -> tuple[np.ndarray, dict[int, float]]:
+    """Group held-out reads by time point the way the fit does, and say where to evaluate each.
+
+    A read within ``TIME_GAP_LOG1P`` (in ``log1p(t_s)``) of a profile time point's measured
+    span belongs to the nearest such time point and is compared with the profile at exactly that
+    point. Reads between time points are clustered by gaps like a fit would, and compared at
+    their cluster's mean time (drift interpolated). Reads beyond the profile's range: DataError.
+    """
+    points = model.t_s_.double().numpy()
+    span = getattr(model, "t_span_s_", None)
+    span = span.double().numpy() if span is not None else np.stack([points, points], axis=1)
+    lo, hi = np.log1p(span[:, 0]), np.log1p(span[:, 1])
+    log_t = np.log1p(t_s)
+    outside = np.flatnonzero(~((log_t >= lo[0] - TIME_GAP_LOG1P) & (log_t <= hi[-1] + TIME_GAP_LOG1P)))
+    if outside.size:
+        raise DataError(
+            f"t_s outside the profile's measured range [{span[0, 0]:g}, {span[-1, 1]:g}] s; the profile cannot "
+            "extrapolate drift",
+            path=source,
+            column="t_s",
+            rows=outside,
+        )
+    best = np.full(log_t.shape, np.inf)
+    point = np.full(log_t.shape, -1, np.int64)
+    for i in range(len(points)):
+        d = np.maximum(lo[i] - log_t, 0.0) + np.maximum(log_t - hi[i], 0.0)
+        closer = d < best
+        best[closer], point[closer] = d[closer], i
+    t_eval = {i: float(points[i]) for i in range(len(points))}
+    between = best > TIME_GAP_LOG1P
+    if between.any():
+        keys = time_keys(t_s[between])
+        cluster = TimeMap.of(keys).apply(keys) + len(points)
+        point[between] = cluster
+        for c in np.unique(cluster):
+            t_eval[int(c)] = float(np.clip(t_s[between][cluster == c].mean(), points[0], points[-1]))
+    return point, t_eval
+
+
 def validate_conductance(
     model: Any, table: pd.DataFrame, *, seed: int = 0, source: str = "<held-out conductance>"
 ) -> ValidationResult:
@@ -281,24 +321,16 @@ def validate_conductance(
             column="level",
             rows=rows,
         )
-    # Time points as the fit sees them: t_s within 1 % in log1p(t_s) are one time point, so dumps
-    # with per-read timestamps group the same way they were fitted.
-    t_key = time_keys(table["t_s"].to_numpy())
-    key_lo, key_hi = time_keys(np.array([t_lo, t_hi]))
-    outside = np.flatnonzero((t_key < key_lo) | (t_key > key_hi))
-    if outside.size:
-        raise DataError(
-            f"t_s outside the profile's measured range [{t_lo:g}, {t_hi:g}] s; the profile cannot extrapolate drift",
-            path=source,
-            column="t_s",
-            rows=outside,
-        )
+    point, t_eval = _time_points(model, table["t_s"].to_numpy(np.float64), source)
+    # Profiles hold and sample float32 values: compare at that resolution, else a reading quantized
+    # to 0.1 µS (float64) never ties with the profile's 0.1 µS (float32, 1.5e-9 µS above it).
+    table = table.assign(g_us=table["g_us"].to_numpy(np.float32).astype(np.float64))
 
     groups, pits = [], []
     low_meas = low_pooled = high_meas = high_pooled = 0.0
     n_total = 0
-    for (level, _), group in table.assign(_t_key=t_key).groupby(["level", "_t_key"], sort=True):
-        t_s = float(group["t_s"].mean())
+    for (level, tp), group in table.assign(_tp=point).groupby(["level", "_tp"], sort=True):
+        t_s = float(t_eval[tp])
         g_meas = group["g_us"].to_numpy(dtype=np.float64)
         g_cells = _first_read_per_cell(group)["g_us"].to_numpy(dtype=np.float64)
         t_arg = float(min(max(t_s, t_lo), t_hi))

@@ -183,9 +183,11 @@ def conductance_figures(model, held: pd.DataFrame, *, seed: int = 0, stuck_at_mo
     pits, knot_pits, pvalues = [], [], []
     stuck_meas = stuck_model = 0.0
     for (level, t_s), group in held.groupby(["level", "t_s"], sort=True):
-        x = group["g_us"].to_numpy(np.float64)
+        # the profile holds and samples float32 values: compare at that resolution, else a reading
+        # of 0.1 µS (float64) never ties with the profile's 0.1 µS (float32, 1.5e-9 above it)
+        x = group["g_us"].to_numpy(np.float32).astype(np.float64)
         one_per_cell = group.sort_values("read_idx", kind="stable").drop_duplicates(["row", "col"])
-        cells = one_per_cell["g_us"].to_numpy(np.float64)
+        cells = one_per_cell["g_us"].to_numpy(np.float32).astype(np.float64)
         m = max(pool, 20 * x.size)
         draws = model.sample(torch.full((m + cells.size,), int(level), dtype=torch.long), t_s=float(t_s),
                              generator=gen).double().numpy()
@@ -195,8 +197,9 @@ def conductance_figures(model, held: pd.DataFrame, *, seed: int = 0, stuck_at_mo
         knot_pits.append(_knot_pit(x, knots, rng))
         pvalues.append(stats.ks_2samp(cells, paired).pvalue)
         if stuck_at_most_us is not None:
-            stuck_meas += np.sum(x <= stuck_at_most_us)
-            stuck_model += x.size * np.mean(pooled <= stuck_at_most_us)
+            at_most = float(np.float32(stuck_at_most_us))
+            stuck_meas += np.sum(x <= at_most)
+            stuck_model += x.size * np.mean(pooled <= at_most)
     pit = np.concatenate(pits)
     out = {
         "pit_ks": float(stats.kstest(pit, "uniform").statistic),
@@ -424,16 +427,6 @@ def test_dyadic_quantized_readings_keep_their_ties(quantum_us):
     assert f["reject_fraction"] <= MAX_REJECT_FRACTION
 
 
-_ATOM_REASON = (
-    "summaries.histogram_quantiles keeps a histogram bin as an atom only when sum == count * the bin's "
-    "edge nearest zero, i.e. for exact zeros and dyadic values (integers, multiples of 2**-k); a reading "
-    "of 0.1 µS or any multiple of a 0.1/0.05/0.01 µS instrument resolution is not a float edge, so its "
-    "mass is still spread uniformly over [edge, edge * (1 + 2**-12)) and no profile sample equals a "
-    "measured value: pooled PIT KS ~0.08 with all 8 groups rejecting (0.1 µS resolution, sigma 0.1 µS) "
-    "and 0.056 with the model's stuck fraction 0 % vs 5.6 % (6 % of cells stuck at a 0.1 µS floor)")
-
-
-@pytest.mark.xfail(strict=True, reason=_ATOM_REASON)
 def test_non_dyadic_quantized_readings_keep_their_ties():
     df = conductance_dump(15_000, np.arange(8), lambda lv, rng: 10.0 + 5.0 * lv + rng.normal(0, 0.1, lv.size),
                           reads=1, quantum_us=0.1, seed=105)
@@ -443,7 +436,6 @@ def test_non_dyadic_quantized_readings_keep_their_ties():
     assert f["reject_fraction"] <= MAX_REJECT_FRACTION
 
 
-@pytest.mark.xfail(strict=True, reason=_ATOM_REASON)
 def test_cells_stuck_at_a_non_dyadic_floor():
     df = conductance_dump(30_000, np.arange(8), gamma_skew, reads=1, stuck_fraction=0.06, stuck_us=0.1, seed=104)
     fit, held = split_cells(df)
@@ -597,12 +589,6 @@ def test_four_bit_adc_three_columns():
     assert f["pit_ks"] <= MAX_PIT_KS_ADC
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a 10-bit staircase at 4 points per LSB (-2..1026 LSB: 4113 inputs) exceeds ADCLUT's default "
-    "max_grid_bins=4096, so ADCLUT._bins falls back to clip(n_per_col / 50, 8, 4096) equal bins (1645 for "
-    "20 repeats, 4096 for 100) that are not aligned with the inputs; each input's code distribution is "
-    "mixed with its neighbours' and the mean code at a measured input is off the data by up to 0.43 codes "
-    "(0.28 with 4096 bins; the pooled PIT still passes, 0.009)"))
 def test_ten_bit_four_points_per_lsb_staircase_is_binned_on_its_grid():
     rng = np.random.default_rng(10)
     df, _ = adc_dump(1024, cols=(0,), dnl=[rng.normal(0.0, 0.2, 1024)], sigma_lsb=0.5, points_per_lsb=4,

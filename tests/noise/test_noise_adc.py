@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import ideal_thresholds, make_adc
+from noise_tables import ideal_thresholds, make_adc
 
 from cimcal.errors import ConfigError
 from cimcal.noise import ADCLUT

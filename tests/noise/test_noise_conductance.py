@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import READ_SIGMA_US, STUCK_FRACTION, make_conductance, programmed_us
+from noise_tables import READ_SIGMA_US, STUCK_FRACTION, make_conductance, programmed_us
 from scipy import stats
 
 from cimcal.errors import ConfigError

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from conftest import make_adc, make_conductance
+from noise_tables import make_adc, make_conductance
 
 import cimcal
 from cimcal import ChipProfile, fit_profile

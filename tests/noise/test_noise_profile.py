@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_adc, make_conductance
+from noise_tables import make_adc, make_conductance
 from safetensors import safe_open
 from safetensors.torch import save_file
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import make_adc, make_conductance
+from noise_tables import make_adc, make_conductance
 
 from cimcal.noise import ADCLUT, ConductanceLUT
 from cimcal.noise.summaries import (
