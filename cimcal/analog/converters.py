@@ -141,24 +141,30 @@ def adc_convert_tile(
     interpolate: torch.Tensor,
     n_points: int,
     codes: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Convert one tile's partial sums and accumulate: returns (acc + read-back, saturated).
+    want_saturated: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Convert one tile's partial sums and accumulate: returns (acc + read-back, saturated or None).
 
     psum (N, O) unit partial sums; ``psum * grid_scale + grid_shift`` is the position on the input grid and
-    ``|psum| > psum_scale`` is outside the ADC's measured range (saturated). u (N, O) int16 random words:
-    low byte picks the knot, high byte the grid point (below/above with linear weights if ``interpolate`` is
-    1, the nearest if 0). col_base (O,) int32 offsets of each output's column in ``codes``; deq_* (O,) map a
-    code straight back to unit partial-sum space.
+    ``|psum| > psum_scale`` is outside the ADC's measured range (saturated; computed only if
+    ``want_saturated``). u (N, O) int16 random words: low byte picks the knot, high byte the grid point
+    (below/above with linear weights if ``interpolate`` is 1, the nearest if 0). col_base (O,) int32 offsets
+    of each output's column in ``codes``; deq_* (O,) map a code straight back to unit partial-sum space.
+
+    The index arithmetic runs in float32 (exact below 2**24 table entries), which lets the compiled kernel
+    vectorize everything but the gather itself; the random bytes are read as two uint8 planes, not shifted.
     """
-    saturated = psum.abs() > psum_scale
+    saturated = psum.abs() > psum_scale if want_saturated else None
     position = (psum * grid_scale + grid_shift).clamp(0, n_points - 1)
     below = position.floor()
-    word = u.to(torch.int32)
-    knot = word & 255
-    threshold = (((word >> 8) & 255).to(torch.float32) + 0.5) * interpolate + 128.0 * (1.0 - interpolate)
-    step = (threshold < (position - below) * 256.0).to(torch.int32)
-    point = (below.to(torch.int32) + step).clamp(0, n_points - 1)
-    code = codes[col_base + point * N_KNOTS + knot].to(torch.float32)
+    pair = u.view(torch.uint8).view(*u.shape, 2)  # (knot byte, grid byte) of each word
+    threshold = (pair[..., 1].to(torch.float32) + 0.5) * interpolate + 128.0 * (1.0 - interpolate)
+    point = (below + (threshold < (position - below) * 256.0).to(torch.float32)).clamp(max=n_points - 1)
+    if codes.numel() < (1 << 24):
+        index = (col_base.to(torch.float32) + point * N_KNOTS + pair[..., 0].to(torch.float32)).to(torch.int32)
+    else:  # float32 would round such indices: integer arithmetic
+        index = col_base + point.to(torch.int32) * N_KNOTS + pair[..., 0].to(torch.int32)
+    code = codes[index].to(torch.float32)
     return acc + (code * deq_gain + deq_offset), saturated
 
 

@@ -117,7 +117,8 @@ def tiled_adc_mvm(
         stats.append(psum.reshape(-1)[:: max(1, psum.numel() // _STATS_SAMPLES) | 1])
         u = random_bytes(2 * psum.numel(), generator).view(torch.int16).view(out_shape)
         acc, saturated = chain(
-            acc, psum, u, col_base, deq_gain, deq_offset, grid_scale, grid_shift, limit, interp, n_points, adc["codes"]
+            acc, psum, u, col_base, deq_gain, deq_offset, grid_scale, grid_shift, limit, interp, n_points, adc["codes"],
+            want_mask,
         )
         if want_mask:
             masks.append(~saturated)

@@ -171,7 +171,9 @@ class AnalogLayer:
         Unless ``materialize``, each call samples that tile afresh and only one tile exists at a time.
         """
         cfg = self.config
-        w_max = w2d.abs().amax(dim=1).clamp_min(1e-12)
+        # max|w| per row without a weight-sized abs() temporary (amax + amin: 2x faster than abs().amax(),
+        # while aminmax(dim=1) is 7x slower on CPU)
+        w_max = torch.maximum(w2d.amax(dim=1), -w2d.amin(dim=1)).clamp_min(1e-12)
         cond = self._tables("lut_", ("level_of_fine", "read_unit", "programmed_unit", "read_noise_unit"))
         fixed = cfg.resample == "fixed_instance" and self.instance_ranks is not None
 
