@@ -118,18 +118,31 @@ def _peak_rss(out: dict[str, float], interval_s: float = 0.005) -> Iterator[None
 # ---------------------------------------------------------------------- sizes
 def _sizes(quick: bool) -> dict[str, Any]:
     if quick:
-        return {"levels": dict(rows=(0, 64), cols=(0, 64), n_reads=2), "readnoise": dict(rows=(0, 32), cols=(0, 32), n_reads=20, reads_per_chunk=10),
+        return {"levels": dict(rows=(0, 64), cols=(0, 64), n_reads=2),
+                "readnoise": dict(rows=(0, 32), cols=(0, 32), n_reads=20, reads_per_chunk=10),
                 "drift": dict(rows=(0, 32), cols=(0, 64), times_s=(1.0, 100.0, 1e4), n_reads=2),
                 "adc": dict(cols=(0, 16), n_points=128, n_repeats=8, cols_per_chunk=16),
                 "val_levels": dict(rows=(0, 64), cols=(0, 64), n_reads=1, pattern_seed=1),
                 "val_adc": dict(cols=(0, 16), n_points=128, n_repeats=8, cols_per_chunk=16),
                 "hidden": [16], "epochs": 3, "mc": 3}
-    return {"levels": dict(rows=(0, 256), cols=(0, 256), n_reads=2), "readnoise": dict(rows=(0, 64), cols=(0, 64), n_reads=50, reads_per_chunk=10),
+    return {"levels": dict(rows=(0, 256), cols=(0, 256), n_reads=2),
+            "readnoise": dict(rows=(0, 64), cols=(0, 64), n_reads=50, reads_per_chunk=10),
             "drift": dict(rows=(0, 128), cols=(0, 128), times_s=(1.0, 100.0, 1e4), n_reads=2),
             "adc": dict(cols=(0, 128), n_points=256, n_repeats=16, cols_per_chunk=32),
             "val_levels": dict(rows=(0, 64), cols=(0, 256), n_reads=1, pattern_seed=1),
             "val_adc": dict(cols=(0, 32), n_points=256, n_repeats=4, cols_per_chunk=32),
             "hidden": [128, 128], "epochs": 12, "mc": 20}
+
+
+def _sim_limits(preset: str) -> Any:
+    """Safe limits for the embedded simulated chip: the defaults, with the program-voltage limit raised to
+    the preset's own rating when it is higher (an explicit choice for a chip known to be rated for it)."""
+    import cimcal.drivers as drivers
+    from cimcal.drivers.sim.config import load_preset
+
+    defaults = drivers.SafeLimits()
+    rating = float(load_preset(preset).v_prog_max_v)
+    return defaults.replace(v_prog_max_v=rating) if rating > defaults.v_prog_max_v else defaults
 
 
 def run_demo(
@@ -148,7 +161,8 @@ def run_demo(
     """Run the loop end to end on a simulated chip (``preset``, ``seed``) and write everything to ``workdir``.
 
     ``t_s``: inference time after programming (s) trained for, predicted at and waited for on the chip
-    (drift); None = the earliest measured time (1 s). ``echo`` receives one line per finished stage. Returns the table rows, stage timings and file paths.
+    (drift); None = the earliest measured time (1 s). ``echo`` receives one line per finished stage.
+    Returns the table rows, stage timings and file paths.
     """
     from cimcal.analog import AnalogConfig
     from cimcal.deploy import deploy_model
@@ -178,7 +192,11 @@ def run_demo(
         cpu_mark[0] = now
         echo(f"[{name}] {what} ({result.stage_s[name]:.1f} s, CPU {result.stage_cpu_s[name]:.1f} s)")
 
-    with drivers.open_tester("sim", preset=preset, seed=seed) as (tester, provenance):
+    limits = _sim_limits(preset)
+    if limits.v_prog_max_v > drivers.SafeLimits().v_prog_max_v:
+        echo(f"note: safe program-voltage limit raised to {limits.v_prog_max_v:g} V, the simulated {preset} chip's "
+             "own rating (LIMit:VPRog?)")
+    with drivers.open_tester("sim", preset=preset, seed=seed, limits=limits) as (tester, provenance):
         # 1. measure: each campaign on its own array so no cell is measured at two levels
         started = clock()
         data = work / "data"
@@ -187,10 +205,10 @@ def run_demo(
             plan = drivers.default_conductance_plan(campaign, array=array, **sizes[campaign])
             out = data / campaign
             drivers.run_conductance_campaign(tester, str(out), plan, resume=out.exists(), progress=progress,
-                                     provenance=provenance)
+                                             provenance=provenance)
             files[f"measure {campaign}"] = str(out)
-        drivers.run_adc_campaign(tester, str(data / "adc"), drivers.AdcPlan(**sizes["adc"]), resume=(data / "adc").exists(),
-                         progress=progress, provenance=provenance)
+        drivers.run_adc_campaign(tester, str(data / "adc"), drivers.AdcPlan(**sizes["adc"]),
+                                 resume=(data / "adc").exists(), progress=progress, provenance=provenance)
         files["measure adc"] = str(data / "adc")
         stage("measure", started, f"levels, read noise, drift and ADC tables in {data}")
 
@@ -205,11 +223,12 @@ def run_demo(
         # 3. validate on a second, independent measurement (other array, other pattern, fresh conversions)
         started = clock()
         val_levels = data / "validation_levels"
-        drivers.run_conductance_campaign(tester, str(val_levels), drivers.default_conductance_plan("levels", array=3, **sizes["val_levels"]),
-                                 resume=val_levels.exists(), progress=progress, provenance=provenance)
+        plan = drivers.default_conductance_plan("levels", array=3, **sizes["val_levels"])
+        drivers.run_conductance_campaign(tester, str(val_levels), plan, resume=val_levels.exists(),
+                                         progress=progress, provenance=provenance)
         val_adc = data / "validation_adc"
-        drivers.run_adc_campaign(tester, str(val_adc), drivers.AdcPlan(**sizes["val_adc"]), resume=val_adc.exists(), progress=progress,
-                         provenance=provenance)
+        drivers.run_adc_campaign(tester, str(val_adc), drivers.AdcPlan(**sizes["val_adc"]), resume=val_adc.exists(),
+                                 progress=progress, provenance=provenance)
         files["validation levels"], files["validation adc"] = str(val_levels), str(val_adc)
         validation = validate_profile(profile, str(val_levels), str(val_adc))
         result.validation_passed = bool(validation.passed())
@@ -220,6 +239,10 @@ def run_demo(
         task = load_task("digits", seed=seed)
         config = AnalogConfig(compile=False, t_s=t_s)
         models = work / "models"
+        # warm-up: torch's one-time allocations (thread pools, kernels) would otherwise count as the first
+        # method's peak memory
+        train_builtin("digits", [profile], method="clean", hparams={"hidden": sizes["hidden"]}, analog_config=config,
+                      epochs=1, max_steps=2, seed=seed)
         for method in methods:
             started = clock()
             memory: dict[str, float] = {}

@@ -30,7 +30,7 @@ from torch import nn
 
 from cimcal.errors import ConfigError
 
-__all__ = ["DeployResult", "deploy_model", "deploy_checkpoint", "calibrated_analog_model", "file_sha256"]
+__all__ = ["DeployResult", "deploy_model", "deploy_checkpoint", "calibrated_analog_model", "file_sha256", "ClockWait"]
 
 
 @dataclass
@@ -68,7 +68,8 @@ class DeployResult:
             f"+- {scale * self.predicted_std:.2f}{unit} over {self.mc} chip instances "
             f"(worst {scale * self.predicted_worst:.2f}); gap {scale * self.gap:+.2f}{unit}; "
             f"noise-free {scale * self.noise_free:.2f}{unit}\n"
-            f"{len(self.layers)} layers in {sum(layer['slots'] for layer in self.layers)} slots on {self.instrument_idn}: "
+            f"{len(self.layers)} layers in {sum(layer['slots'] for layer in self.layers)} slots "
+            f"on {self.instrument_idn}: "
             f"{s.get('cells_programmed', 0)} cells programmed, {s.get('cells_skipped', 0)} already verified "
             f"(skipped), {s.get('cells_failed_verify', 0)} failed verify; {s.get('mvm_vectors', 0)} input vectors "
             f"in {s.get('mvm_calls', 0)} block transfers; {self.seconds:.1f} s"
@@ -167,6 +168,7 @@ def deploy_model(
     mc, seed : Monte-Carlo chip instances and seed of the prediction (skipped if ``predicted`` given).
     predicted : an :class:`cimcal.train.EvalResult` already computed for this model and profile.
     on_chunk : called with the running count of programming chunks (tests use it to interrupt).
+    arrays : the arrays to use (default all); slots beyond them are programmed in turns.
     """
     from cimcal.analog import AnalogConfig
     from cimcal.deploy_chip import ChipRunner, chip_model
@@ -226,6 +228,7 @@ def deploy_checkpoint(
     chip_seed: int = 0,
     state_path: str | os.PathLike | None = None,
     tester: Any = None,
+    limits: Any = None,
     **options: Any,
 ) -> DeployResult:
     """Load a checkpoint of a built-in task and :func:`deploy_model` it.
@@ -233,7 +236,7 @@ def deploy_checkpoint(
     ``resource`` is a VISA resource string, or ``"sim"``: the simulated chip (``preset``, ``chip_seed``)
     served in-process on an ephemeral loopback port, reached through pyvisa-py like any instrument.
     Pass an open ``tester`` instead to deploy several models to one chip. ``state_path`` defaults to
-    ``<checkpoint>.deploy.json`` beside the checkpoint.
+    ``<checkpoint>.deploy.json`` beside the checkpoint. ``limits``: the driver's ``SafeLimits``.
     """
     from cimcal.train.builtin import config_from_json
     from cimcal.train.checkpoint import load_checkpoint
@@ -251,5 +254,5 @@ def deploy_checkpoint(
         return deploy_model(model, the_task, profile, tester, config, key=key, state_path=state_path, **options)
     import cimcal.drivers as drivers
 
-    with drivers.open_tester(resource, preset=preset, seed=chip_seed) as (opened, _provenance):
+    with drivers.open_tester(resource, preset=preset, seed=chip_seed, limits=limits) as (opened, _provenance):
         return deploy_model(model, the_task, profile, opened, config, key=key, state_path=state_path, **options)

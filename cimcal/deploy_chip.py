@@ -23,6 +23,7 @@ from torch import nn
 
 from cimcal.deploy_plan import DeployPlan, LayerPlan, SlotPlan
 from cimcal.deploy_state import DeployState, stamp_digest
+from cimcal.errors import ConfigError
 
 __all__ = ["ChipRunner", "ChipLayer", "chip_model"]
 
@@ -48,6 +49,8 @@ class ChipRunner:
         self.on_chunk = on_chunk
         self.geometry = plan.geometry
         self.arrays = list(range(self.geometry.arrays)) if arrays is None else [int(a) for a in arrays]
+        if not self.arrays or any(not 0 <= a < self.geometry.arrays for a in self.arrays):
+            raise ConfigError(f"arrays must be a non-empty subset of 0..{self.geometry.arrays - 1}, got {arrays}")
         slots = plan.slots
         self.static = len(slots) <= len(self.arrays)
         self.home = {slot.key: self.arrays[i] for i, slot in enumerate(slots)} if self.static else {}

@@ -8,7 +8,8 @@ The plan executes exactly what the training layers modelled (see :mod:`cimcal.an
   On the chip the pair is two columns: G+ in column ``k``, G- in column ``k + C/2``; the chip's
   differential read-out (``MVM:DIFFerential?``) subtracts their currents before ONE conversion by
   column ``k``'s ADC, as the layer converts one differential partial sum per output per tile.
-- **Tiles**: the layer's ``tile_rows`` rows per tile (each tile's partial sums converted separately).
+- **Tiles**: the layer's own tiles (``tile_rows`` rows; a conv's tiles hold whole kernel patches of groups of
+  input channels), each tile's partial sums converted separately.
 - **ADC column**: output ``j`` is converted by the physical column the layer modelled
   (``profile.adc.cols_[j % n_cols]``); outputs sharing a column go to separate *slots* (turns).
 - **Inputs**: the layer's signed DAC codes ``xq`` in [-1, 1] become voltages ``xq * v_fs_v``; ``v_fs_v``
@@ -181,9 +182,23 @@ def _adc_columns(profile: Any, n_out: int, pairs: int, deviations: list[str], na
     return phys
 
 
+def _layer_tiles(layer: Any, n_in: int) -> list[slice]:
+    """The input rows of each tile, exactly as the layer tiles them (convs: whole kernel patches of groups
+    of input channels; the flattened weight is channel-major, so a channel group is a contiguous row range)."""
+    from torch import nn
+
+    from cimcal.analog.crossbar import conv_channel_tiles, tile_slices
+
+    tile_rows = layer.config.tile_rows
+    if isinstance(layer, nn.Conv2d):
+        kernel_cells = int(layer.weight[0, 0].numel())
+        groups = conv_channel_tiles(int(layer.weight.shape[1]), kernel_cells, tile_rows)
+        return [slice(g.start * kernel_cells, g.stop * kernel_cells) for g in groups]
+    return tile_slices(n_in, tile_rows)
+
+
 def _layer_plan(name: str, layer: Any, profile: Any, geometry: ChipGeometry, sorted_levels: np.ndarray,
                 deviations: list[str]) -> LayerPlan:
-    from cimcal.analog.crossbar import tile_slices
     from cimcal.analog.mapping import _levels_and_sign  # the layer's own weight -> level rule
 
     cfg = layer.config
@@ -201,11 +216,12 @@ def _layer_plan(name: str, layer: Any, profile: Any, geometry: ChipGeometry, sor
     g_plus = np.where(positive, active, idle)
     g_minus = np.where(positive, idle, active)
 
-    tile_rows = cfg.tile_rows
-    if tile_rows > geometry.rows:
-        deviations.append(f"{name}: tile_rows={tile_rows} exceeds the chip's {geometry.rows} rows; tiles of "
-                          f"{geometry.rows} rows (more ADC conversions than modelled)")
-        tile_rows = geometry.rows
+    tiles = _layer_tiles(layer, n_in)
+    if any(t.stop - t.start > geometry.rows for t in tiles):
+        deviations.append(f"{name}: a tile of the layer (tile_rows={cfg.tile_rows}) exceeds the chip's {geometry.rows} "
+                          "rows; split into chip-sized tiles (more ADC conversions than modelled)")
+        tiles = [slice(start, min(start + geometry.rows, t.stop)) for t in tiles
+                 for start in range(t.start, t.stop, geometry.rows)]
     pairs = geometry.pairs
     adc_cols = _adc_columns(profile, n_out, pairs, deviations, name)
     turn = np.zeros(n_out, dtype=np.int64)
@@ -232,7 +248,7 @@ def _layer_plan(name: str, layer: Any, profile: Any, geometry: ChipGeometry, sor
         w_max=w_max, deq_gain=layer.adc_deq_gain[table].float() * to_unit,
         deq_offset=(layer.adc_deq_offset[table].float() - center) * to_unit,
     )
-    for t, rows in enumerate(tile_slices(n_in, tile_rows)):
+    for t, rows in enumerate(tiles):
         length = rows.stop - rows.start
         for u in range(int(turn.max()) + 1):
             outs = np.flatnonzero(turn == u)

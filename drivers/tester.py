@@ -243,6 +243,33 @@ class CIMTester(CimcalInstrument):
         codes = self.command_with_block(f"MVM? {a},{n},", inputs_v, "f4", query_dtype="i2", idempotent=True)
         return codes.reshape(n, cfg.cols)
 
+    def mvm_differential(self, a: int, inputs_v: np.ndarray, gain: float, offset_ua: float) -> np.ndarray:
+        """``MVM:DIFFerential?``: (n, R) volts -> (n, C/2) codes of ``offset_ua + gain * (I_k - I_{k+C/2})``.
+
+        Column pair (k, k + C/2) holds a differential weight (G+, G-); column k's ADC converts the
+        difference once (the read-out cimcal.deploy uses). ``gain`` in [1/64, 1024]; ``offset_ua``
+        (reference current) within ``ADC:RANGe?``.
+        """
+        command = "MVM:DIFF?"
+        a = self._array(a, command)
+        inputs_v = np.asarray(inputs_v, dtype=np.float32)
+        if inputs_v.ndim == 1:
+            inputs_v = inputs_v[None, :]
+        cfg = self.config
+        if inputs_v.ndim != 2 or inputs_v.shape[1] != cfg.rows:
+            raise LimitError(f"inputs must have shape (n, {cfg.rows}), got {inputs_v.shape}; nothing was sent",
+                             command=command)
+        v_max = float(np.float32(min(self.limits.v_read_max_v, cfg.v_read_max_v)))
+        peak = float(np.max(np.abs(inputs_v))) if inputs_v.size else 0.0
+        check_range("|input voltage|", peak, 0.0, v_max, command=command, unit=" V")
+        check_range("read-out gain", gain, 1.0 / 64.0, 1024.0, command=command)
+        check_range("read-out offset", offset_ua, cfg.adc_range_ua[0], cfg.adc_range_ua[1], command=command,
+                    unit=" uA")
+        n = inputs_v.shape[0]
+        codes = self.command_with_block(f"MVM:DIFF? {a},{n},{gain:.9g},{offset_ua:.9g},", inputs_v, "f4",
+                                        query_dtype="i2", idempotent=True)
+        return codes.reshape(n, cfg.cols // 2)
+
     def adc_test(self, a: int, col: int, inputs_ua: np.ndarray) -> np.ndarray:
         """``ADC:TEST?``: feed known currents (µA) straight into column ``col``'s ADC; return int16 codes."""
         command = "ADC:TEST?"

@@ -23,25 +23,51 @@ __all__ = ["deploy", "demo"]
 @click.option("--mc", type=click.IntRange(min=1), default=20, show_default=True,
               help="Chip instances of the Monte-Carlo prediction.")
 @click.option("--eval-seed", default=0, show_default=True, type=int, help="Seed of the prediction and calibration.")
-@click.option("--t-s", type=float, default=None, help="Inference time after programming (s); default: the profile's first.")
+@click.option("--t-s", type=float, default=None,
+              help="Inference time after programming (s); default: the profile's earliest measured time.")
 @click.option("--state", "state_path", type=click.Path(dir_okay=False), default=None,
               help="Resume state file (default: <checkpoint>.deploy.json).")
 @click.option("--batch-vectors", type=click.IntRange(min=1), default=2048, show_default=True,
               help="Input vectors per MVM block transfer.")
+@click.option("--arrays", default=None, metavar="A,B,...",
+              help="Arrays to use (default: all); e.g. the array(s) whose ADCs the profile measured.")
+@click.option("--limits", "limits_text", default=None,
+              help="Safe-limit overrides, e.g. 'v_prog_max_v=4' (the pcm preset is rated for 4 V).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--progress/--no-progress", default=None, help="Progress bars (default: when stderr is a terminal).")
 def deploy(checkpoint, profile, resource, task, preset, chip_seed, mc, eval_seed, t_s, state_path, batch_vectors,
-           as_json, progress) -> None:
+           arrays, limits_text, as_json, progress) -> None:
     """Program a trained model onto a chip, run the test split on it, compare with the prediction."""
     from cimcal.deploy import deploy_checkpoint
     from cimcal.noise.profile import ChipProfile
 
+    from cimcal.errors import ConfigError
+
+    chosen = None
+    if arrays:
+        try:
+            chosen = sorted({int(item) for item in arrays.split(",") if item.strip()})
+        except ValueError:
+            raise ConfigError(f"--arrays {arrays!r}: expected comma-separated array indices, e.g. 0,1") from None
+    limits = None
+    if limits_text:
+        from cimcal.drivers.limits import SafeLimits
+
+        limits = SafeLimits.parse(limits_text)
     loaded = ChipProfile.load(profile)
-    result = deploy_checkpoint(
-        checkpoint, loaded, resource=resource, task=task, preset=preset, chip_seed=chip_seed, state_path=state_path,
-        mc=mc, seed=eval_seed, t_s=t_s, batch_vectors=batch_vectors,
-        progress=sys.stderr.isatty() if progress is None else progress,
-    )
+    from cimcal.errors import InstrumentError
+
+    try:
+        result = deploy_checkpoint(
+            checkpoint, loaded, resource=resource, task=task, preset=preset, chip_seed=chip_seed,
+            state_path=state_path, mc=mc, seed=eval_seed, t_s=t_s, batch_vectors=batch_vectors, arrays=chosen,
+            limits=limits, progress=sys.stderr.isatty() if progress is None else progress,
+        )
+    except (KeyboardInterrupt, InstrumentError):
+        where = state_path or f"{checkpoint}.deploy.json"
+        click.echo(f"note: programming progress is kept in {where}; rerun the same command on the same chip to "
+                   "continue without reprogramming verified cells", err=True)
+        raise
     if as_json:
         click.echo(json.dumps(result.to_dict()))
         return

@@ -40,6 +40,7 @@ __all__ = ["SimChip"]
 
 _BOLTZMANN_EV = 8.617333262e-5
 _T_REF_K = 298.15
+ADC_GAIN_RANGE = (1.0 / 64.0, 1024.0)  # differential read-out gain (MVM:DIFFerential?)
 
 
 class SimChip:
@@ -378,15 +379,18 @@ class SimChip:
         self._tick(x.size * self.config.t_adc_s)
         return codes
 
-    def mvm(self, a: int, inputs_v: np.ndarray) -> np.ndarray:
-        """Matrix-vector multiply: inputs (n, rows) volts -> int16 codes (n, cols)."""
-        a = self._check_array(a)
-        cfg, rng = self.config, self._rng
+    def _check_inputs(self, inputs_v: np.ndarray) -> np.ndarray:
+        cfg = self.config
         v = np.asarray(inputs_v, dtype=np.float64)
         if v.ndim != 2 or v.shape[1] != cfg.rows:
             raise ConfigError(f"inputs must have shape (n, {cfg.rows}), got {v.shape}")
         if not np.all(np.isfinite(v)) or (v.size and (v.min() < cfg.dac_min_v or v.max() > cfg.dac_max_v)):
             raise ConfigError(f"input voltages must lie in the DAC range {cfg.dac_min_v:g}..{cfg.dac_max_v:g} V")
+        return v
+
+    def _column_currents(self, a: int, v: np.ndarray) -> np.ndarray:
+        """DAC-quantized inputs (n, rows) -> column currents (n, cols) in µA, with read noise, RTN, IR drop."""
+        cfg, rng = self.config, self._rng
         v = self.quantize_inputs(v)
         g = self._true_g(a, slice(None), slice(None))
         if cfg.r_wire_ohm > 0:
@@ -402,6 +406,35 @@ class SimChip:
             onehot = np.zeros((rtn_r.size, cfg.cols))
             onehot[np.arange(rtn_r.size), rtn_c] = 1.0
             current_ua += contrib @ onehot
-        codes = self._convert(a, current_ua, np.arange(cfg.cols))
+        return current_ua
+
+    def mvm(self, a: int, inputs_v: np.ndarray) -> np.ndarray:
+        """Matrix-vector multiply: inputs (n, rows) volts -> int16 codes (n, cols)."""
+        a = self._check_array(a)
+        v = self._check_inputs(inputs_v)
+        codes = self._convert(a, self._column_currents(a, v), np.arange(self.config.cols))
+        self._tick(v.shape[0] * self.config.t_mvm_s)
+        return codes
+
+    def mvm_differential(self, a: int, inputs_v: np.ndarray, gain: float, offset_ua: float) -> np.ndarray:
+        """Differential MVM: column pairs (k, k + cols/2) -> int16 codes (n, cols/2).
+
+        Column ``k``'s ADC converts ``offset_ua + gain * (I_k - I_{k+cols/2})``: differential column
+        sensing with a programmable read-out gain and a reference current (how a CIM macro reads a
+        (G+, G-) weight pair with one conversion).
+        """
+        a = self._check_array(a)
+        cfg = self.config
+        lo, hi = ADC_GAIN_RANGE
+        if not (np.isfinite(gain) and lo <= gain <= hi):
+            raise ConfigError(f"read-out gain must be in {lo:g}..{hi:g}, got {gain!r}")
+        if not (np.isfinite(offset_ua) and cfg.adc_min_ua <= offset_ua <= cfg.adc_max_ua):
+            raise ConfigError(f"offset must lie in the ADC range {cfg.adc_min_ua:g}..{cfg.adc_max_ua:g} uA, "
+                              f"got {offset_ua!r}")
+        v = self._check_inputs(inputs_v)
+        current_ua = self._column_currents(a, v)
+        half = cfg.cols // 2
+        x_ua = offset_ua + gain * (current_ua[:, :half] - current_ua[:, half: 2 * half])
+        codes = self._convert(a, x_ua, np.arange(half))
         self._tick(v.shape[0] * cfg.t_mvm_s)
         return codes

@@ -467,6 +467,18 @@ class Dispatcher:
             raise ScpiError(-161, f"input block must hold n*rows={n}*{rows} float32, got {inputs.size}")
         return _reply_block(self.chip.mvm(a, inputs.reshape(n, rows)), "i2")
 
+    def _mvm_diff_q(self, args: tuple) -> bytes:
+        _count(args, 5, 5)
+        a, n = _int(args[0]), _int(args[1])
+        gain, offset_ua = _float(args[2]), _float(args[3])
+        inputs = _block(args[4], "f4", "input block")
+        rows = self.chip.rows
+        if n < 1:
+            raise ScpiError(-222, f"n must be >= 1, got {n}")
+        if inputs.size != n * rows:
+            raise ScpiError(-161, f"input block must hold n*rows={n}*{rows} float32, got {inputs.size}")
+        return _reply_block(self.chip.mvm_differential(a, inputs.reshape(n, rows), gain, offset_ua), "i2")
+
     def _adc_test_q(self, args: tuple) -> bytes:
         _count(args, 3, 3)
         a, col = _int(args[0]), _int(args[1])
@@ -541,6 +553,7 @@ _SPECS: list[tuple[str, Handler]] = [
     ("READ:MAP?", Dispatcher._read_map_q),
     ("READ:CELL?", Dispatcher._read_cell_q),
     ("MVM?", Dispatcher._mvm_q),
+    ("MVM:DIFFerential?", Dispatcher._mvm_diff_q),
     ("ADC:TEST?", Dispatcher._adc_test_q),
     ("CLOCk?", Dispatcher._clock_q),
     ("CLOCk:ADVance", Dispatcher._clock_advance),

@@ -35,7 +35,7 @@ def trained_small(digits):
     model = build_model("digits", "mlp", digits.info, {"hidden": [8]})
     x, y = digits.train.tensors
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(150):
+    for _ in range(80):
         optimizer.zero_grad()
         nn.functional.cross_entropy(model(x), y).backward()
         optimizer.step()
@@ -62,12 +62,3 @@ def served(sim_chip):
         finally:
             tester.close()
 
-
-# TEMPORARY (dev only, removed when drivers/sim gains MVM:DIFFerential?)
-from cimcal.drivers.sim.chip import SimChip as _SimChip  # noqa: E402
-
-if not hasattr(_SimChip, "mvm_differential"):
-    import sys as _sys
-
-    _sys.path.insert(0, "/tmp/deploydev")
-    import simpatch  # noqa: F401,E402

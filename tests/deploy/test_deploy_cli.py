@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -56,3 +57,17 @@ def test_demo_quick_runs_the_whole_loop_and_writes_the_report(tmp_path, capsys):
     assert [row["method"] for row in results["rows"]] == ["clean", "gaussian", "ste"]
     assert results["validation_passed"] is True
     assert all(0.0 <= row["on_chip"] <= 1.0 for row in results["rows"])
+
+
+@pytest.mark.slow
+def test_demo_smoke_one_method_at_reduced_size(tmp_path):
+    from cimcal.demo import format_table, run_demo
+
+    lines = []
+    result = run_demo(tmp_path / "demo", quick=True, methods=("ste",), epochs=1, mc=1, echo=lines.append)
+    assert [row.method for row in result.rows] == ["ste"]
+    assert result.validation_passed
+    assert set(result.stage_s) >= {"measure", "fit", "validate", "train ste", "evaluate ste", "deploy ste", "report"}
+    assert "STE-LUT" in format_table(result.rows)
+    assert (tmp_path / "demo" / "report.html").stat().st_size > 10_000
+    assert all(Path(path).exists() for path in result.files.values())

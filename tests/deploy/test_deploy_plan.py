@@ -80,3 +80,20 @@ def test_a_layer_dac_finer_than_the_chips_is_reported_not_hidden(sim_chip):
     v_fs, deviation = dac_full_scale_v(_geometry(sim_chip), layer_dac_bits=10)
     assert deviation is not None and "finer" in deviation
     assert v_fs == pytest.approx(sim_chip.config.v_read_max_v)
+
+
+def test_conv_tiles_hold_whole_kernel_patches_as_the_layer_tiles_them(profile, sim_chip):
+    from torch import nn
+
+    from cimcal.analog import AnalogConfig, convert
+
+    torch.manual_seed(0)
+    conv = convert(nn.Sequential(nn.Conv2d(64, 4, 3, padding=1)), profile, AnalogConfig(compile=False, noise="lut",
+                                                                                         resample="fixed_instance"))
+    layer = conv[0]
+    layer.input_range_.fill_(1.0)
+    layer.psum_scale_.fill_(5.0)
+    plan = plan_deployment(conv, profile, _geometry(sim_chip))
+    spans = sorted({(s.in_start, s.in_stop) for s in plan.layers["0"].slots})
+    assert spans == [(0, 252), (252, 504), (504, 576)]  # 28 channels x 9 kernel cells per 256-row tile
+    assert plan.deviations == []
