@@ -218,10 +218,8 @@ class CIMTester(CimcalInstrument):
         return self.query(f"READ:CELL? {a},{r},{c}", float)
 
     # ----- compute ------------------------------------------------------------------------
-    def mvm(self, a: int, inputs_v: np.ndarray) -> np.ndarray:
-        """``MVM?``: apply ``n`` input vectors (n, R) in volts; return (n, C) int16 ADC codes."""
-        command = "MVM?"
-        a = self._array(a, command)
+    def _input_vectors(self, inputs_v: np.ndarray, command: str) -> np.ndarray:
+        """Inputs as (n, R) float32 volts, refused before sending if outside the read limit or the DAC range."""
         inputs_v = np.asarray(inputs_v, dtype=np.float32)
         if inputs_v.ndim == 1:
             inputs_v = inputs_v[None, :]
@@ -239,9 +237,16 @@ class CIMTester(CimcalInstrument):
             if low < lo or high > hi:
                 raise LimitError(f"input voltages [{low:g}, {high:g}] V leave the DAC range [{lo:g}, {hi:g}] V "
                                  "(DAC:RANGe?); nothing was sent", command=command)
+        return inputs_v
+
+    def mvm(self, a: int, inputs_v: np.ndarray) -> np.ndarray:
+        """``MVM?``: apply ``n`` input vectors (n, R) in volts; return (n, C) int16 ADC codes."""
+        command = "MVM?"
+        a = self._array(a, command)
+        inputs_v = self._input_vectors(inputs_v, command)
         n = inputs_v.shape[0]
         codes = self.command_with_block(f"MVM? {a},{n},", inputs_v, "f4", query_dtype="i2", idempotent=True)
-        return codes.reshape(n, cfg.cols)
+        return codes.reshape(n, self.config.cols)
 
     def mvm_differential(self, a: int, inputs_v: np.ndarray, gain: float, offset_ua: float) -> np.ndarray:
         """``MVM:DIFFerential?``: (n, R) volts -> (n, C/2) codes of ``offset_ua + gain * (I_k - I_{k+C/2})``.
@@ -252,16 +257,8 @@ class CIMTester(CimcalInstrument):
         """
         command = "MVM:DIFF?"
         a = self._array(a, command)
-        inputs_v = np.asarray(inputs_v, dtype=np.float32)
-        if inputs_v.ndim == 1:
-            inputs_v = inputs_v[None, :]
+        inputs_v = self._input_vectors(inputs_v, command)
         cfg = self.config
-        if inputs_v.ndim != 2 or inputs_v.shape[1] != cfg.rows:
-            raise LimitError(f"inputs must have shape (n, {cfg.rows}), got {inputs_v.shape}; nothing was sent",
-                             command=command)
-        v_max = float(np.float32(min(self.limits.v_read_max_v, cfg.v_read_max_v)))
-        peak = float(np.max(np.abs(inputs_v))) if inputs_v.size else 0.0
-        check_range("|input voltage|", peak, 0.0, v_max, command=command, unit=" V")
         check_range("read-out gain", gain, 1.0 / 64.0, 1024.0, command=command)
         check_range("read-out offset", offset_ua, cfg.adc_range_ua[0], cfg.adc_range_ua[1], command=command,
                     unit=" uA")
