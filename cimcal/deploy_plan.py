@@ -199,7 +199,7 @@ def _layer_tiles(layer: Any, n_in: int) -> list[slice]:
 
 def _layer_plan(name: str, layer: Any, profile: Any, geometry: ChipGeometry, sorted_levels: np.ndarray,
                 deviations: list[str]) -> LayerPlan:
-    from cimcal.analog.mapping import _levels_and_sign  # the layer's own weight -> level rule
+    from cimcal.analog.mapping import levels_and_sign  # the layer's own weight -> level rule
 
     cfg = layer.config
     if float(layer.psum_scale_) <= 0 or (cfg.input_range is None and float(layer.input_range_) <= 0):
@@ -209,7 +209,7 @@ def _layer_plan(name: str, layer: Any, profile: Any, geometry: ChipGeometry, sor
     w2d = layer.weight.detach().reshape(layer.weight.shape[0], -1).float()
     n_out, n_in = w2d.shape
     w_max = w2d.abs().amax(dim=1).clamp_min(1e-12)
-    position, sign = _levels_and_sign(w2d / w_max[:, None], layer.lut_level_of_fine)
+    position, sign = levels_and_sign(w2d / w_max[:, None], layer.lut_level_of_fine)
     active = sorted_levels[position.long().numpy()]  # (O, K) chip level ids
     idle = int(sorted_levels[0])
     positive = (sign > 0).numpy()
@@ -233,7 +233,7 @@ def _layer_plan(name: str, layer: Any, profile: Any, geometry: ChipGeometry, sor
     v_fs, deviation = dac_full_scale_v(geometry, cfg.dac_bits)
     if deviation:
         deviations.append(f"{name}: {deviation}")
-    x_lo, x_hi = layer._adc_geometry[0], layer._adc_geometry[1]
+    x_lo, x_hi = layer.adc_geometry[0], layer.adc_geometry[1]
     half, center = 0.5 * (x_hi - x_lo), 0.5 * (x_hi + x_lo)
     g_min, g_max = layer.g_range_us
     psum_scale = float(layer.psum_scale_)

@@ -127,6 +127,16 @@ class AnalogLayer:
         self.instance_ranks = words.view(torch.uint8)[: 2 * self.weight.numel()].view(shape).to(self.weight.device)
 
     @property
+    def adc_geometry(self) -> tuple[float, float, float, float, int, bool] | None:
+        """The bound profile's ADC transfer-curve geometry, read-only; ``None`` without an ADC model.
+
+        ``(x_lo, x_hi, grid_x0, grid_step, n_points, interpolate)`` as in the profile's ``AdcTables``:
+        ``[x_lo, x_hi]`` is the ADC input range the layer's partial sums are mapped onto, the rest the grid of
+        the code lookup. Set by ``set_profile``; the simulation and deployment both read it from here.
+        """
+        return self._adc_geometry
+
+    @property
     def tile_rows(self) -> int:
         """Crossbar rows per tile (from the config)."""
         return self.config.tile_rows
@@ -196,7 +206,7 @@ class AnalogLayer:
         adc = self._tables("adc_", ("codes", "deq_offset", "deq_gain", "sigma_lsb"))
         psum_scale = self._psum_scale(psum_tiles) if adc is not None else 1.0
         return tiled_adc_mvm(
-            psum_tiles, out_shape, 1, adc, self._adc_geometry, psum_scale, self.generator, cfg.compile,
+            psum_tiles, out_shape, 1, adc, self.adc_geometry, psum_scale, self.generator, cfg.compile,
             cfg.adc_grad == "saturation_mask",
         )
 

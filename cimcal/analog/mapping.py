@@ -26,6 +26,7 @@ __all__ = [
     "noisy_unit_weight",
     "instance_unit_weight",
     "level_unit_weight",
+    "levels_and_sign",
     "N_KNOTS",
     "N_FINE",
 ]
@@ -108,7 +109,16 @@ def build_conductance_tables(lut: Any, t_s: float | None, generator: torch.Gener
     )
 
 
-def _levels_and_sign(w_unit: torch.Tensor, level_of_fine: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def levels_and_sign(w_unit: torch.Tensor, level_of_fine: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weight -> (level of the active device, sign) rule shared by the analog layers and deployment.
+
+    ``w_unit`` holds weights already scaled into ``[-1, 1]`` (a row divided by its ``max|w|``);
+    ``level_of_fine`` is the ``|w| -> level`` lookup of ``N_FINE`` entries (``ConductanceTables.level_of_fine``).
+    Returns ``(level, sign)``, both shaped like ``w_unit``: ``level`` (int) indexes the profile's levels sorted
+    by target conductance and is the level the active device of the pair is programmed to (the idle device
+    sits at level 0); ``sign`` is ``-1.0`` where ``w_unit < 0`` (active device on G-) and ``+1.0`` otherwise
+    (active device on G+).
+    """
     fine_idx = (w_unit.abs() * (N_FINE - 1)).round().clamp(0, N_FINE - 1).to(torch.int32)
     level = level_of_fine[fine_idx]
     sign = torch.where(w_unit < 0, -1.0, 1.0)
@@ -123,7 +133,7 @@ def noisy_unit_weight(
     read_unit: torch.Tensor,
 ) -> torch.Tensor:
     """One read of every pair: sign * (G_active - G_idle) in unit space; u_* are uint8 knot indices."""
-    level, sign = _levels_and_sign(w_unit, level_of_fine)
+    level, sign = levels_and_sign(w_unit, level_of_fine)
     g_active = read_unit[level * N_KNOTS + u_active.to(torch.int32)]
     g_idle = read_unit[u_idle.to(torch.int32)]  # the idle device sits at the lowest level (row 0)
     return sign * (g_active - g_idle)
@@ -140,7 +150,7 @@ def instance_unit_weight(
     read_noise_unit: torch.Tensor,
 ) -> torch.Tensor:
     """Fixed chip instance: each cell keeps its programming-error quantile rank; read noise is fresh."""
-    level, sign = _levels_and_sign(w_unit, level_of_fine)
+    level, sign = levels_and_sign(w_unit, level_of_fine)
     row = level * N_KNOTS
     g_active = programmed_unit[row + rank_active.to(torch.int32)] + read_noise_unit[row + u_active.to(torch.int32)]
     g_idle = programmed_unit[rank_idle.to(torch.int32)] + read_noise_unit[u_idle.to(torch.int32)]
@@ -149,5 +159,5 @@ def instance_unit_weight(
 
 def level_unit_weight(w_unit: torch.Tensor, level_of_fine: torch.Tensor, target_unit: torch.Tensor) -> torch.Tensor:
     """Noise-free programmed weight: sign * (target(level) - target(lowest)), the mapping's quantization."""
-    level, sign = _levels_and_sign(w_unit, level_of_fine)
+    level, sign = levels_and_sign(w_unit, level_of_fine)
     return sign * (target_unit[level] - target_unit[0])

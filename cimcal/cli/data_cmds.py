@@ -55,6 +55,14 @@ def format_summary(summary: dict) -> str:
         label = "time points" if key == "time_points_s" else key
         unit = "s" if key == "time_points_s" else ""
         text = _values(summary.get(key), summary.get(f"{key}_truncated", False), unit)
+        groups = summary.get("time_point_groups_s") if key == "time_points_s" else None
+        if groups and (summary.get(f"{key}_truncated") or len(groups) < len(summary[key])):
+            # per-cell timestamps: show the time points they form, as the fit will group them
+            spans = ", ".join(
+                _number(lo) if lo == hi else f"{_number(lo)}..{_number(hi)}" for lo, hi in groups[:8]
+            )
+            more = f", ... ({len(groups)} in all)" if len(groups) > 8 else ""
+            text = f"{len(groups)} ({spans}{more} s), from {text}"
         lines.append(f"{label:<12} {text}")
     lines.append("ranges")
     for name, (low, high) in summary["ranges"].items():

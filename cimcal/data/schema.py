@@ -6,6 +6,7 @@ in column names. See docs/data-format.md for the user-facing description.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 __all__ = [
@@ -21,6 +22,22 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = "1"
+
+# Reads belong to one time point when their t_s lie within 0.1 of each other in log1p(t_s) (about 10 % in
+# time): campaigns and lab tools timestamp each cell, so one nominal time point spreads over a second or
+# more. A new time point starts at a gap wider than this. `cimcal info`, the fit and validation share it.
+TIME_POINT_GAP_LOG1P = 0.1
+
+
+def time_point_groups(t_s: Sequence[float]) -> list[tuple[float, float]]:
+    """Cluster ``t_s`` values into time points; ``(min t_s, max t_s)`` of each, in increasing time."""
+    import numpy as np
+
+    values = np.unique(np.asarray(t_s, dtype=float))
+    if values.size == 0:
+        return []
+    starts = np.flatnonzero(np.diff(np.log1p(values)) > TIME_POINT_GAP_LOG1P) + 1
+    return [(float(g[0]), float(g[-1])) for g in np.split(values, starts)]
 
 
 @dataclass(frozen=True)

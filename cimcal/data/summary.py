@@ -15,7 +15,7 @@ import pandas as pd
 from cimcal.data.columns import check_column_map, plan_columns, suggest_name
 from cimcal.data.formats import open_source
 from cimcal.data.readers import DEFAULT_BATCH_ROWS, plan_sources, stream_planned
-from cimcal.data.schema import ADC, CONDUCTANCE, KINDS, TableKind, kind_of
+from cimcal.data.schema import ADC, CONDUCTANCE, KINDS, TableKind, kind_of, TIME_POINT_GAP_LOG1P, time_point_groups
 from cimcal.data.sources import Source, expand_sources
 from cimcal.errors import DataError
 
@@ -28,6 +28,28 @@ _LISTED = {
     "conductance": {"chip_id": "chips", "array": "arrays", "level": "levels", "t_s": "time_points_s"},
     "adc": {"chip_id": "chips", "array": "arrays", "col": "cols", "repeat": "repeats"},
 }
+
+
+class _TimeSpread:
+    """Min and max ``t_s`` per fine log-time bin (1/1000 of the time-point gap wide): bounded, and
+    enough to cluster every value into time points exactly as :func:`time_point_groups` would."""
+
+    def __init__(self) -> None:
+        self.low: dict[int, float] = {}
+        self.high: dict[int, float] = {}
+
+    def update(self, t_s: pd.Series) -> None:
+        values = t_s.to_numpy(dtype=float)
+        if values.size == 0:
+            return
+        keys = np.floor(np.log1p(values) * (1000.0 / TIME_POINT_GAP_LOG1P)).astype(np.int64)
+        frame = pd.DataFrame({"key": keys, "t": values}).groupby("key")["t"].agg(["min", "max"])
+        for key, low, high in zip(frame.index.tolist(), frame["min"].tolist(), frame["max"].tolist()):
+            self.low[key] = min(low, self.low.get(key, low))
+            self.high[key] = max(high, self.high.get(key, high))
+
+    def groups(self) -> list[list[float]]:
+        return [list(g) for g in time_point_groups([*self.low.values(), *self.high.values()])]
 
 
 class _Distinct:
@@ -116,6 +138,7 @@ def summarize(
     planned, has_chip = plan_sources(sources, table_kind, mapping, None)
     listed = {col: key for col, key in _LISTED[table_kind.name].items()}
     distinct = {col: _Distinct() for col in listed}
+    spread = _TimeSpread()
     minimum: dict[str, float] = {}
     maximum: dict[str, float] = {}
     rows_per_source: dict[str, int] = {item.opened.source.name: 0 for item in planned}
@@ -136,6 +159,8 @@ def summarize(
             for name in batch.columns:
                 if name in distinct:
                     distinct[name].update(batch[name])
+                if name == "t_s":
+                    spread.update(batch[name])
                 if table_kind.columns[name].dtype == "str" or len(batch) == 0:
                     continue
                 values = batch[name].to_numpy()
@@ -161,6 +186,9 @@ def summarize(
             summary[f"{key}_truncated"] = distinct[col].truncated
         else:
             summary[key] = None
+    if summary.get("time_points_s") is not None:
+        # timestamps (one per cell, say) clustered into the time points the fit will use
+        summary["time_point_groups_s"] = spread.groups()
     summary["ranges"] = {
         name: [_python(minimum[name]), _python(maximum[name])] for name in columns if name in minimum
     }

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from cimcal.data.schema import TIME_POINT_GAP_LOG1P
+
 __all__ = [
     "MANTISSA_BITS",
     "T_KEYS_PER_E",
@@ -63,7 +65,7 @@ _KEY_OFFSET = 1 << 23  # signed keys become non-negative for packing
 # in time). Reads taken at one nominal time but timestamped per cell (t = 1.0..2.3 s for a nominal
 # 1 s) thus form one time point, while a decade-spaced schedule stays separate.
 T_KEYS_PER_E = 100
-TIME_GAP_KEYS = 10
+TIME_GAP_KEYS = round(TIME_POINT_GAP_LOG1P * T_KEYS_PER_E)
 TIME_GAP_LOG1P = TIME_GAP_KEYS / T_KEYS_PER_E
 _T_MASK = (1 << 12) - 1
 _GROUP_SHIFT = 28  # packed = group << 28 | (key + offset)
