@@ -36,3 +36,4 @@ def test_public_api_names() -> None:
     import cimcal
 
     assert set(cimcal.__all__) == {"ChipProfile", "fit_profile", "__version__"}
+

@@ -27,6 +27,7 @@ from cimcal.data.readers import read_table
 from cimcal.data.schema import SCHEMA_VERSION, TableKind, kind_of
 from cimcal.data.sources import CSV_SUFFIXES, PARQUET_SUFFIXES, file_format
 from cimcal.errors import ConfigError, DataError
+from cimcal.publish import publish_file
 
 __all__ = ["write_table", "read_metadata", "table_metadata"]
 
@@ -135,11 +136,7 @@ def write_table(
                 pcsv.write_csv(arrow, sink)
         else:
             pcsv.write_csv(arrow, temporary)
-        # mkstemp creates 0600 files; give the table the permissions of any other file the user writes.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
-        os.replace(temporary, target)
+        publish_file(temporary, target)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise

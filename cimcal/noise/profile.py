@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from cimcal.errors import ProfileError
+from cimcal.publish import publish_file
 from cimcal.noise.adc import ADCLUT
 from cimcal.noise.conductance import ConductanceLUT
 
@@ -123,7 +124,7 @@ class ChipProfile:
         tmp = path.with_name(path.name + ".tmp")
         try:
             save_file(tensors, str(tmp), metadata=metadata)
-            os.replace(tmp, path)
+            publish_file(tmp, path)
         except OSError as err:
             raise ProfileError(f"cannot write profile: {err.strerror or err}", path=str(path)) from err
         finally:

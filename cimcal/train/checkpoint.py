@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from cimcal.errors import CheckpointError
+from cimcal.publish import publish_file
 
 __all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "FORMAT_VERSION"]
 
@@ -88,7 +89,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict[str, A
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata={_META_KEY: meta_json, _SUM_KEY: _checksum(meta_json, tensors)})
-    os.replace(tmp, path)
+    publish_file(tmp, path)
     return path
 
 
