@@ -165,6 +165,16 @@ def _grounded_after(ground: Any) -> Iterator[None]:
     ground()
 
 
+def _checked_read_bias(limits: SafeLimits, v_read_v: float, compliance_a: float | None) -> float:
+    """Refuse a read bias or compliance outside ``limits`` before ``DV`` is sent; return the compliance."""
+    check_range("v_read_v", abs(v_read_v), 1e-12, limits.v_read_max_v, command="DV", unit=" V",
+                limit="v_read_max_v")
+    compliance = limits.i_compliance_max_a if compliance_a is None else compliance_a
+    check_range("compliance_a", compliance, 0.0, limits.i_compliance_max_a, command="DV", unit=" A",
+                limit="i_compliance_max_a")
+    return compliance
+
+
 class B1500Probe:
     """Conductance with one SMU of PyMeasure's :class:`~pymeasure.instruments.agilent.AgilentB1500`.
 
@@ -185,11 +195,7 @@ class B1500Probe:
     def measure_conductance_s(self, v_read_v: float, n_reads: int = 1, *,
                               compliance_a: float | None = None) -> np.ndarray:
         """``DV`` the read bias, ``TI`` ``n_reads`` times, then ``DZ`` (also after an error); I / V in S."""
-        check_range("v_read_v", abs(v_read_v), 1e-12, self.limits.v_read_max_v, command="DV", unit=" V",
-                    limit="v_read_max_v")
-        compliance = self.limits.i_compliance_max_a if compliance_a is None else compliance_a
-        check_range("compliance_a", compliance, 0.0, self.limits.i_compliance_max_a, command="DV", unit=" A",
-                    limit="i_compliance_max_a")
+        compliance = _checked_read_bias(self.limits, v_read_v, compliance_a)
         try:
             self.smu.enable()
             with _grounded_after(self._ground):
@@ -226,11 +232,7 @@ class K4200Probe:
     def measure_conductance_s(self, v_read_v: float, n_reads: int = 1, *,
                               compliance_a: float | None = None) -> np.ndarray:
         """``DV`` the read bias, ``TI`` ``n_reads`` times, then ``DV`` 0 V (also after an error); I / V in S."""
-        check_range("v_read_v", abs(v_read_v), 1e-12, self.limits.v_read_max_v, command="DV", unit=" V",
-                    limit="v_read_max_v")
-        compliance = self.limits.i_compliance_max_a if compliance_a is None else compliance_a
-        check_range("compliance_a", compliance, 0.0, self.limits.i_compliance_max_a, command="DV", unit=" A",
-                    limit="i_compliance_max_a")
+        compliance = _checked_read_bias(self.limits, v_read_v, compliance_a)
 
         def ground() -> None:
             self.smu.voltage_setpoint = (0, 0.0, compliance)

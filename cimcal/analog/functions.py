@@ -75,6 +75,15 @@ def _masked_tile_grads(
     return grad_x, grad_w
 
 
+def _save_for_ste(ctx: Any, x: torch.Tensor, weight: torch.Tensor, sim: Any, output: tuple[torch.Tensor, ...]) -> None:
+    """Save only what the clean-op gradient needs: x, W (or the noisy W when asked for) and the packed mask."""
+    _, mask, noisy_w = output
+    ctx.tile_rows = sim.tile_rows
+    ctx.set_materialize_grads(False)
+    ctx.mark_non_differentiable(mask, noisy_w)
+    ctx.save_for_backward(x, noisy_w if noisy_w.numel() else weight, mask if mask.numel() else None)
+
+
 class AnalogLinearFunction(torch.autograd.Function):
     """``y = sim(x W^T)`` forward; clean-linear gradients backward. x (N, K), W (O, K) -> (y, mask, noisy_w)."""
 
@@ -86,11 +95,7 @@ class AnalogLinearFunction(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, ...]) -> None:
         x, weight, sim = inputs
-        _, mask, noisy_w = output
-        ctx.tile_rows = sim.tile_rows
-        ctx.set_materialize_grads(False)
-        ctx.mark_non_differentiable(mask, noisy_w)
-        ctx.save_for_backward(x, noisy_w if noisy_w.numel() else weight, mask if mask.numel() else None)
+        _save_for_ste(ctx, x, weight, sim, output)
 
     @staticmethod
     def backward(ctx: Any, grad_y: torch.Tensor | None, *_unused: Any) -> tuple[torch.Tensor | None, ...]:
@@ -125,12 +130,8 @@ class AnalogConv2dFunction(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, ...]) -> None:
         x, weight, sim, stride, padding, dilation = inputs
-        _, mask, noisy_w = output
-        ctx.tile_rows = sim.tile_rows
         ctx.conv = (stride, padding, dilation)
-        ctx.set_materialize_grads(False)
-        ctx.mark_non_differentiable(mask, noisy_w)
-        ctx.save_for_backward(x, noisy_w if noisy_w.numel() else weight, mask if mask.numel() else None)
+        _save_for_ste(ctx, x, weight, sim, output)
 
     @staticmethod
     def backward(ctx: Any, grad_y: torch.Tensor | None, *_unused: Any) -> tuple[torch.Tensor | None, ...]:

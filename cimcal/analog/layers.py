@@ -95,6 +95,15 @@ class AnalogLayer:
         self.set_profile(profile, config)
 
     # ---------------------------------------------------------------- profile binding
+    def _adopt(
+        self, module: nn.Module, profile: Any, config: AnalogConfig | None, generator: torch.Generator | None
+    ) -> None:
+        """Take over ``module``'s Parameter objects and train/eval mode, then set up the analog state."""
+        self.weight = module.weight
+        self.bias = module.bias
+        self.train(module.training)
+        self._init_analog(profile, config, generator)
+
     def set_profile(self, profile: Any, config: AnalogConfig | None = None) -> None:
         """Bind (or rebind) the layer to a chip profile and config: rebuilds the tables, keeps calibration."""
         config = (config or AnalogConfig()).validate()
@@ -352,10 +361,7 @@ class AnalogLinear(AnalogLayer, nn.Linear):
         layer = cls.__new__(cls)
         nn.Module.__init__(layer)
         layer.in_features, layer.out_features = module.in_features, module.out_features
-        layer.weight = module.weight
-        layer.bias = module.bias
-        layer.train(module.training)
-        layer._init_analog(profile, config, generator)
+        layer._adopt(module, profile, config, generator)
         return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -408,10 +414,7 @@ class AnalogConv2d(AnalogLayer, nn.Conv2d):
                      "output_padding", "groups", "padding_mode", "_reversed_padding_repeated_twice"):
             setattr(layer, name, getattr(module, name))
         layer.padding = (0, 0) if module.padding == "valid" else module.padding
-        layer.weight = module.weight
-        layer.bias = module.bias
-        layer.train(module.training)
-        layer._init_analog(profile, config, generator)
+        layer._adopt(module, profile, config, generator)
         return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
