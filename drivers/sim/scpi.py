@@ -459,25 +459,24 @@ class Dispatcher:
     def _mvm_q(self, args: tuple) -> bytes:
         _count(args, 3, 3)
         a, n = _int(args[0]), _int(args[1])
-        inputs = _block(args[2], "f4", "input block")
+        return _reply_block(self.chip.mvm(a, self._input_vectors(n, args[2])), "i2")
+
+    def _input_vectors(self, n: int, block_arg: object) -> np.ndarray:
+        """The input block of an MVM query (``n`` vectors) as an (n, rows) float32 array."""
+        inputs = _block(block_arg, "f4", "input block")
         rows = self.chip.rows
         if n < 1:
             raise ScpiError(-222, f"n must be >= 1, got {n}")
         if inputs.size != n * rows:
             raise ScpiError(-161, f"input block must hold n*rows={n}*{rows} float32, got {inputs.size}")
-        return _reply_block(self.chip.mvm(a, inputs.reshape(n, rows)), "i2")
+        return inputs.reshape(n, rows)
 
     def _mvm_diff_q(self, args: tuple) -> bytes:
         _count(args, 5, 5)
         a, n = _int(args[0]), _int(args[1])
         gain, offset_ua = _float(args[2]), _float(args[3])
-        inputs = _block(args[4], "f4", "input block")
-        rows = self.chip.rows
-        if n < 1:
-            raise ScpiError(-222, f"n must be >= 1, got {n}")
-        if inputs.size != n * rows:
-            raise ScpiError(-161, f"input block must hold n*rows={n}*{rows} float32, got {inputs.size}")
-        return _reply_block(self.chip.mvm_differential(a, inputs.reshape(n, rows), gain, offset_ua), "i2")
+        inputs = self._input_vectors(n, args[4])
+        return _reply_block(self.chip.mvm_differential(a, inputs, gain, offset_ua), "i2")
 
     def _adc_test_q(self, args: tuple) -> bytes:
         _count(args, 3, 3)
