@@ -7,8 +7,9 @@ we tabulate that LUT once, through its public ``sample`` API, as ``codes[c, b, k
 ``c`` and grid point ``b``, the ``n_knots`` quantiles of the codes the LUT gives at that input. The grid is
 the LUT's own input bin centres when they are uniform, else ``2 * n_codes + 1`` points half an LSB apart;
 as in the LUT's own sampler the code distribution is interpolated linearly between grid points (a
-mixture): the point below or above is picked with probabilities given by the input's position between them. A conversion draws two random bytes
-(grid choice, knot) as one int16 word, then does one gather. Codes are read back into input units with a per-column linear fit of the mean
+mixture): the point below or above is picked with probabilities given by the input's position between them.
+A conversion draws two random bytes (grid choice, knot), then does one gather
+(:mod:`cimcal.analog.kernels` fuses all of it into one compiled pass). Codes are read back into input units with a per-column linear fit of the mean
 transfer curve (a digital offset/gain calibration, as a deployment would do); the ADC's INL, missing codes
 and noise remain as error.
 """
@@ -131,7 +132,8 @@ def dac_quantize(x: torch.Tensor, full_scale: torch.Tensor | float, bits: int) -
 def adc_convert_tile(
     acc: torch.Tensor,
     psum: torch.Tensor,
-    u: torch.Tensor,
+    knot: torch.Tensor,
+    grid_byte: torch.Tensor,
     col_base: torch.Tensor,
     deq_gain: torch.Tensor,
     deq_offset: torch.Tensor,
@@ -145,25 +147,20 @@ def adc_convert_tile(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Convert one tile's partial sums and accumulate: returns (acc + read-back, saturated or None).
 
-    psum (N, O) unit partial sums; ``psum * grid_scale + grid_shift`` is the position on the input grid and
-    ``|psum| > psum_scale`` is outside the ADC's measured range (saturated; computed only if
-    ``want_saturated``). u (N, O) int16 random words: low byte picks the knot, high byte the grid point
-    (below/above with linear weights if ``interpolate`` is 1, the nearest if 0). col_base (O,) int32 offsets
-    of each output's column in ``codes``; deq_* (O,) map a code straight back to unit partial-sum space.
-
-    The index arithmetic runs in float32 (exact below 2**24 table entries), which lets the compiled kernel
-    vectorize everything but the gather itself; the random bytes are read as two uint8 planes, not shifted.
+    The eager reference of :func:`cimcal.analog.kernels.adc_convert` (same arithmetic, same values for the
+    same random bytes). psum (N, O, ...) unit partial sums; ``psum * grid_scale + grid_shift`` is the
+    position on the input grid and ``|psum| > psum_scale`` is outside the ADC's measured range (saturated;
+    computed only if ``want_saturated``). ``knot`` and ``grid_byte`` (integer tensors shaped like psum, values
+    0-255) are the random bytes: the knot, and the choice of the grid point below or above (linear weights if
+    ``interpolate`` is 1, the nearest if 0). col_base (O, 1, ...) int32 offsets of each output's column in
+    ``codes``; deq_* map a code straight back to unit partial-sum space.
     """
     saturated = psum.abs() > psum_scale if want_saturated else None
     position = (psum * grid_scale + grid_shift).clamp(0, n_points - 1)
     below = position.floor()
-    pair = u.view(torch.uint8).view(*u.shape, 2)  # (knot byte, grid byte) of each word
-    threshold = (pair[..., 1].to(torch.float32) + 0.5) * interpolate + 128.0 * (1.0 - interpolate)
+    threshold = (grid_byte.to(torch.float32) + 0.5) * interpolate + 128.0 * (1.0 - interpolate)
     point = (below + (threshold < (position - below) * 256.0).to(torch.float32)).clamp(max=n_points - 1)
-    if codes.numel() < (1 << 24):
-        index = (col_base.to(torch.float32) + point * N_KNOTS + pair[..., 0].to(torch.float32)).to(torch.int32)
-    else:  # float32 would round such indices: integer arithmetic
-        index = col_base + point.to(torch.int32) * N_KNOTS + pair[..., 0].to(torch.int32)
+    index = col_base.long() + point.long() * N_KNOTS + knot.long()
     code = codes[index].to(torch.float32)
     return acc + (code * deq_gain + deq_offset), saturated
 

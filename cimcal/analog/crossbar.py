@@ -7,26 +7,31 @@ differentiable baseline.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 
+from cimcal.analog import kernels
 from cimcal.analog.converters import N_KNOTS, adc_convert_tile
-from cimcal.analog.fused import fused
 from cimcal.analog.mapping import instance_unit_weight, noisy_unit_weight
 
-__all__ = [
-    "random_bytes", "tile_slices", "conv_channel_tiles", "sample_unit_weight", "tiled_adc_mvm", "subsample_abs_percentile",
-]
+__all__ = ["tile_slices", "conv_channel_tiles", "sample_unit_weight", "tiled_adc_mvm", "subsample_abs_percentile", "use_kernels"]
 
 _STATS_SAMPLES = 16384
 
 
-def random_bytes(n: int, generator: torch.Generator | None) -> torch.Tensor:
-    """``n`` uniform random uint8 values, drawn 8 at a time as full-range 64-bit words (fewest generator
-    calls; the consumers index with int32/uint8, never with int64 index tensors)."""
-    words = torch.randint(-(2**63), 2**63 - 1, ((n + 7) // 8,), dtype=torch.int64, generator=generator)
-    return words.view(torch.uint8)[:n]
+def use_kernels(enabled: bool, *tensors: torch.Tensor) -> bool:
+    """Whether the compiled kernels run: asked for, and every tensor float32 on the CPU (else the eager path)."""
+    return enabled and all(t.device.type == "cpu" and t.dtype in kernels.KERNEL_DTYPES for t in tensors)
+
+
+def _bytes(shape: torch.Size | tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The eager path's random bytes (low, high) of each element: the kernels' 16 bits, rows = dim 0."""
+    key, nonce = kernels.draw_key(generator)
+    rows = shape[0]
+    bits = kernels.philox_bits(rows, math.prod(shape[1:]), key, nonce, device).reshape(shape)
+    return bits & 255, bits >> 8
 
 
 def tile_slices(n_rows: int, tile_rows: int) -> list[slice]:
@@ -44,22 +49,37 @@ def subsample_abs_percentile(values: torch.Tensor, percentile: float) -> torch.T
 
 
 def sample_unit_weight(
-    w_unit: torch.Tensor,
+    w: torch.Tensor,
+    cols: slice,
+    inv_scale: torch.Tensor,
     tables: dict[str, torch.Tensor],
     ranks: torch.Tensor | None,
     generator: torch.Generator | None,
-    compile_chain: bool,
+    compiled: bool,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Noisy unit weights of every differential pair: programmed conductance plus one read each."""
-    n = w_unit.numel()
-    u = random_bytes(2 * n, generator).view(2, *w_unit.shape)
+    """Noisy unit weights of every differential pair of the tile ``w[:, cols] * inv_scale[:, None]``:
+    programmed conductance plus one read each (``ranks``: the fixed instance's (2, O, K) programming-error
+    ranks). Written into ``out`` when given."""
+    if use_kernels(compiled, w) and w.is_contiguous():
+        key, nonce = kernels.draw_key(generator)
+        if ranks is None:
+            return kernels.sample_pairs(w, cols, inv_scale, tables["level_of_fine"], tables["read_unit"], key, nonce, out)
+        return kernels.sample_pairs_instance(
+            w, cols, inv_scale, ranks, tables["level_of_fine"], tables["programmed_unit"], tables["read_noise_unit"],
+            key, nonce, out,
+        )
+    w_tile = w[:, cols]
+    u_active, u_idle = _bytes(w_tile.shape, generator, w.device)
+    w_unit = w_tile * inv_scale[:, None]
     if ranks is None:
-        chain = fused(noisy_unit_weight, compile_chain)
-        return chain(w_unit, u[0], u[1], tables["level_of_fine"], tables["read_unit"])
-    chain = fused(instance_unit_weight, compile_chain)
-    return chain(
-        w_unit, ranks[0], ranks[1], u[0], u[1], tables["level_of_fine"], tables["programmed_unit"], tables["read_noise_unit"]
-    )
+        noisy = noisy_unit_weight(w_unit, u_active, u_idle, tables["level_of_fine"], tables["read_unit"])
+    else:
+        noisy = instance_unit_weight(
+            w_unit, ranks[0, :, cols], ranks[1, :, cols], u_active, u_idle, tables["level_of_fine"],
+            tables["programmed_unit"], tables["read_noise_unit"],
+        )
+    return noisy if out is None else out.copy_(noisy)
 
 
 def conv_channel_tiles(in_channels: int, kernel_cells: int, tile_rows: int) -> list[slice]:
@@ -71,56 +91,68 @@ def conv_channel_tiles(in_channels: int, kernel_cells: int, tile_rows: int) -> l
 
 def tiled_adc_mvm(
     psum_tiles: list[Callable[[], torch.Tensor]],
-    out_shape: tuple[int, ...],
-    column_dim: int,
     adc: dict[str, torch.Tensor] | None,
     adc_geometry: tuple[float, float, float, float, int, bool] | None,
     psum_scale: float,
     generator: torch.Generator | None,
-    compile_chain: bool,
+    compiled: bool,
     want_mask: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor]]:
     """Sum over tiles of the ADC read-back of each tile's partial sums, in unit space.
 
-    ``psum_tiles[t]()`` computes tile t's partial sums, shape ``out_shape`` with the output (ADC column)
-    index on ``column_dim`` (linear: (N, O), dim 1; conv: (N, O, H, W), dim 1); one tile exists at a time.
-    Returns (y_unit, bool mask (T, *out_shape) of the conversions whose gradient passes (not saturated) or
-    None, each tile's partial sums subsampled for calibration statistics).
+    ``psum_tiles[t]()`` computes tile t's partial sums as a new tensor of shape (N, O, ...) with the output
+    (ADC column) index on dim 1 (linear: (N, O); conv: (N, O, H, W)); one tile exists at a time besides the
+    accumulator, which is the first tile's tensor converted in place. Returns (y_unit, bool mask (T, N, O, ...)
+    of the conversions whose gradient passes (not saturated) or None, each tile's partial sums subsampled
+    for calibration statistics).
     """
-    n_out = out_shape[column_dim]
-    view = [1] * len(out_shape)
-    view[column_dim] = n_out
-    acc = torch.zeros(out_shape)
     stats: list[torch.Tensor] = []
+    acc: torch.Tensor | None = None
     if adc is None:
         for psum_tile in psum_tiles:
-            acc += psum_tile()
-        mask = torch.ones(len(psum_tiles), *out_shape, dtype=torch.bool) if want_mask else None
+            psum = psum_tile()
+            acc = psum if acc is None else acc.add_(psum)
+        mask = torch.ones(len(psum_tiles), *acc.shape, dtype=torch.bool) if want_mask else None
         return acc, mask, stats  # an ideal converter never saturates: every gradient passes
     x_lo, x_hi, grid_x0, grid_step, n_points, interpolate = adc_geometry
     half = 0.5 * (x_hi - x_lo)
     center = 0.5 * (x_hi + x_lo)
-    n_cols = adc["deq_gain"].numel()
-    col = torch.arange(n_out) % n_cols
-    col_base = (col * (n_points * N_KNOTS)).to(torch.int32).view(view)
+    grid_scale = half / (psum_scale * grid_step)
+    grid_shift = (center - grid_x0) / grid_step
     to_unit = psum_scale / half  # ADC input range [x_lo, x_hi] <-> partial sums [-psum_scale, psum_scale]
-    deq_gain = (adc["deq_gain"][col] * to_unit).view(view)
-    deq_offset = ((adc["deq_offset"][col] - center) * to_unit).view(view)
-    grid_scale = torch.tensor(half / (psum_scale * grid_step))
-    grid_shift = torch.tensor((center - grid_x0) / grid_step)
-    limit = torch.tensor(psum_scale)
-    interp = torch.tensor(1.0 if interpolate else 0.0)
-    chain = fused(adc_convert_tile, compile_chain)
+    n_cols = adc["deq_gain"].numel()
     masks = []
     for psum_tile in psum_tiles:
         psum = psum_tile()
-        stats.append(psum.reshape(-1)[:: max(1, psum.numel() // _STATS_SAMPLES) | 1])
-        u = random_bytes(2 * psum.numel(), generator).view(torch.int16).view(out_shape)
-        acc, saturated = chain(
-            acc, psum, u, col_base, deq_gain, deq_offset, grid_scale, grid_shift, limit, interp, n_points, adc["codes"],
-            want_mask,
-        )
+        n_out = psum.shape[1]
+        if acc is None:  # per-output constants, once
+            col = torch.arange(n_out, device=psum.device) % n_cols
+            col_base = (col * (n_points * N_KNOTS)).to(torch.int32)
+            deq_gain = adc["deq_gain"][col] * to_unit
+            deq_offset = (adc["deq_offset"][col] - center) * to_unit
+        stats.append(psum.reshape(-1)[:: max(1, psum.numel() // _STATS_SAMPLES) | 1].clone())
+        first = acc is None
+        target = psum if first else acc
+        if use_kernels(compiled, psum):
+            key, nonce = kernels.draw_key(generator)
+            flat = (psum.shape[0], n_out, -1)
+            passes = kernels.adc_convert(
+                target.view(flat), psum.view(flat), not first, col_base, deq_gain, deq_offset, grid_scale, grid_shift,
+                psum_scale, interpolate, n_points, adc["codes"], key, nonce, want_mask,
+            )
+            passes = None if passes is None else passes.view(psum.shape)
+        else:
+            knot, grid_byte = _bytes(psum.shape, generator, psum.device)
+            view = (n_out,) + (1,) * (psum.dim() - 2)
+            converted, saturated = adc_convert_tile(
+                torch.zeros(()) if first else acc, psum, knot, grid_byte, col_base.view(view), deq_gain.view(view),
+                deq_offset.view(view), torch.tensor(grid_scale), torch.tensor(grid_shift), torch.tensor(psum_scale),
+                torch.tensor(1.0 if interpolate else 0.0), n_points, adc["codes"], want_mask,
+            )
+            target.copy_(converted)
+            passes = None if saturated is None else ~saturated
+        acc = target
         if want_mask:
-            masks.append(~saturated)
-        del psum, u, saturated
+            masks.append(passes)
+        del psum
     return acc, (torch.stack(masks) if want_mask else None), stats

@@ -193,30 +193,30 @@ class AnalogLayer:
         # max|w| per row without a weight-sized abs() temporary (amax + amin: 2x faster than abs().amax(),
         # while aminmax(dim=1) is 7x slower on CPU)
         w_max = torch.maximum(w2d.amax(dim=1), -w2d.amin(dim=1)).clamp_min(1e-12)
+        inv_scale = 1.0 / w_max
         cond = self._tables("lut_", ("level_of_fine", "read_unit", "programmed_unit", "read_noise_unit"))
         fixed = cfg.resample == "fixed_instance" and self.instance_ranks is not None
 
-        def weight_tile(rows: slice) -> torch.Tensor:
-            w_unit = w2d[:, rows] / w_max[:, None]
+        def weight_tile(rows: slice, out: torch.Tensor | None = None) -> torch.Tensor:
             if cond is None:
-                return w_unit
-            ranks = self.instance_ranks[:, :, rows] if fixed else None
-            return sample_unit_weight(w_unit, cond, ranks, self.generator, cfg.compile)
+                w_unit = w2d[:, rows] * inv_scale[:, None]
+                return w_unit if out is None else out.copy_(w_unit)
+            ranks = self.instance_ranks if fixed else None
+            return sample_unit_weight(w2d, rows, inv_scale, cond, ranks, self.generator, cfg.compile, out)
 
         if not materialize:
             return w_max, weight_tile, None
-        full = torch.cat([weight_tile(rows) for rows in tile_slices(w2d.shape[1], cfg.tile_rows)], dim=1)
+        full = torch.empty_like(w2d)
+        for rows in tile_slices(w2d.shape[1], cfg.tile_rows):
+            weight_tile(rows, full[:, rows])
         return w_max, (lambda rows: full[:, rows]), full
 
-    def _convert(
-        self, psum_tiles: list[Any], out_shape: tuple[int, ...]
-    ) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor]]:
+    def _convert(self, psum_tiles: list[Any]) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor]]:
         cfg = self.config
         adc = self._tables("adc_", ("codes", "deq_offset", "deq_gain", "sigma_lsb"))
         psum_scale = self._psum_scale(psum_tiles) if adc is not None else 1.0
         return tiled_adc_mvm(
-            psum_tiles, out_shape, 1, adc, self.adc_geometry, psum_scale, self.generator, cfg.compile,
-            cfg.adc_grad == "saturation_mask",
+            psum_tiles, adc, self.adc_geometry, psum_scale, self.generator, cfg.compile, cfg.adc_grad == "saturation_mask"
         )
 
     def _update_psum_scale(self, stats: list[torch.Tensor]) -> None:
@@ -238,7 +238,7 @@ class AnalogLayer:
         psum_tiles = [
             (lambda rows=rows: xq[:, rows] @ weight_tile(rows).T) for rows in tile_slices(x2d.shape[1], cfg.tile_rows)
         ]
-        y_unit, mask, stats = self._convert(psum_tiles, (x2d.shape[0], w2d.shape[0]))
+        y_unit, mask, stats = self._convert(psum_tiles)
         self._update_psum_scale(stats)
         mask = None if mask is None else pack_bits(mask)
         return y_unit.mul_(w_max * full_scale), mask, (full * w_max[:, None] if noisy else None)
@@ -267,7 +267,7 @@ class AnalogLayer:
             psum_tiles = [
                 (lambda cs=cs, xq=xq: F.conv2d(xq[:, cs], wn[:, cs], None, stride, padding, dilation)) for cs in groups
             ]
-            y_unit, mask, chunk_stats = self._convert(psum_tiles, (xq.shape[0], out_ch, oh, ow))
+            y_unit, mask, chunk_stats = self._convert(psum_tiles)
             y[start : start + per_chunk] = y_unit.mul_(scale)
             stats += chunk_stats
             if mask is not None:

@@ -119,7 +119,7 @@ def levels_and_sign(w_unit: torch.Tensor, level_of_fine: torch.Tensor) -> tuple[
     sits at level 0); ``sign`` is ``-1.0`` where ``w_unit < 0`` (active device on G-) and ``+1.0`` otherwise
     (active device on G+).
     """
-    fine_idx = (w_unit.abs() * (N_FINE - 1)).round().clamp(0, N_FINE - 1).to(torch.int32)
+    fine_idx = (w_unit.abs() * (N_FINE - 1) + 0.5).floor().clamp(0, N_FINE - 1).to(torch.int32)  # as the kernels
     level = level_of_fine[fine_idx]
     sign = torch.where(w_unit < 0, -1.0, 1.0)
     return level, sign

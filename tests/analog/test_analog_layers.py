@@ -9,6 +9,7 @@ from scipy import stats
 from torch import nn
 
 import cimcal.analog.crossbar as crossbar
+from cimcal.analog import kernels
 from cimcal.analog import AnalogConfig, AnalogConv2d, AnalogLinear, calibrate, convert, to_digital
 from cimcal.analog.converters import adc_convert_tile
 from cimcal.analog.layers import profile_tables
@@ -57,24 +58,32 @@ def test_fixed_instance_keeps_programming_error_and_new_instance_redraws(fitted_
     assert np.corrcoef(a.reshape(-1), b.reshape(-1))[0, 1] < same_chip - 0.3
 
 
-def test_adc_codes_match_the_profile_per_column(fitted_profile):
+@pytest.mark.parametrize("compiled", [True, False])
+def test_adc_codes_match_the_profile_per_column(fitted_profile, compiled):
     adc = fitted_profile.adc
     tables = profile_tables(fitted_profile, None)[1]
     n = 20000
     gen = torch.Generator().manual_seed(5)
+    half, center = 0.5 * (tables.x_hi - tables.x_lo), 0.5 * (tables.x_hi + tables.x_lo)
+    geometry = (1.0 / tables.grid_step, (center - tables.grid_x0) / tables.grid_step, half, tables.interpolate)
     for c, col in enumerate(tables.cols.tolist()):
         for frac in (0.1, 0.37, 0.52, 0.83):
             a = tables.x_lo + frac * (tables.x_hi - tables.x_lo)
-            u = crossbar.random_bytes(2 * n, gen).view(torch.int16).view(1, n)
-            col_base = torch.full((n,), c * tables.n_points * 256, dtype=torch.int32)
-            # unit partial sums with psum_scale = half range: psum = a - center
-            half, center = 0.5 * (tables.x_hi - tables.x_lo), 0.5 * (tables.x_hi + tables.x_lo)
-            psum = torch.full((1, n), a - center)
-            codes, saturated = adc_convert_tile(
-                torch.zeros(1, n), psum, u, col_base, torch.ones(n), torch.zeros(n),
-                torch.tensor(1.0 / tables.grid_step), torch.tensor((center - tables.grid_x0) / tables.grid_step),
-                torch.tensor(half), torch.tensor(float(tables.interpolate)), tables.n_points, tables.codes,
-            )
+            # unit partial sums with psum_scale = half range (psum = a - center), one column, read back as codes
+            psum = torch.full((1, 1, n), a - center)
+            col_base = torch.tensor([c * tables.n_points * 256], dtype=torch.int32)
+            key, nonce = kernels.draw_key(gen)
+            if compiled:
+                codes = torch.empty_like(psum)
+                passes = kernels.adc_convert(codes, psum, False, col_base, torch.ones(1), torch.zeros(1), *geometry[:3],
+                                             geometry[3], tables.n_points, tables.codes, key, nonce, True)
+                saturated = ~passes
+            else:
+                bits = kernels.philox_bits(1, n, key, nonce).view(1, 1, n)
+                codes, saturated = adc_convert_tile(
+                    torch.zeros(()), psum, bits & 255, bits >> 8, col_base.view(1, 1), torch.ones(1, 1), torch.zeros(1, 1),
+                    *(torch.tensor(float(v)) for v in geometry), tables.n_points, tables.codes,
+                )
             ours = torch.bincount(codes.long().reshape(-1), minlength=adc.n_codes_).double() / n
             ref_codes = adc.sample(torch.full((n,), a), torch.full((n,), col), generator=gen)
             ref = torch.bincount(ref_codes.long(), minlength=adc.n_codes_).double() / n

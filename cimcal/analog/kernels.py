@@ -1,0 +1,294 @@
+"""Compiled kernels of the analog forward (numba): noisy weight pairs and ADC conversions, one pass each.
+
+The forward's cost is random numbers and table gathers, not arithmetic. These kernels draw their random
+bits inside the loop, from Philox2x32-10 (Salmon et al., SC'11, "Parallel random numbers: as easy as
+1, 2, 3"; the counter-based generator of Random123, of JAX and of torch on CUDA), so no random tensor is
+ever written to memory. Every element gets 16 random bits: a (rows, length) array is padded to rows of a
+multiple of 4 elements, and group ``g`` of 4 consecutive elements shares the 64 output bits of
+``philox(counter=(g mod 2**32, nonce + g div 2**32), key)``, 16 bits each; ``(key, nonce)`` are drawn from
+the layer's ``torch.Generator`` once per call. :func:`philox_bits` computes the same bits with torch ops,
+so the eager reference (``AnalogConfig(compile=False)``, non-CPU devices, float64) and the kernels agree
+value for value.
+
+The low byte of an element's 16 bits picks a knot (the active device's for a weight pair, the code
+table's for an ADC conversion); the high byte picks the idle device's knot, or the ADC grid point.
+
+Kernels are compiled on first use and cached on disk (numba's ``cache=True``); they run on numba's thread
+pool with torch's intra-op thread count. Inputs are float32 CPU arrays (numpy views of torch tensors, no copy).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numba
+import numpy as np
+import torch
+from numba import njit, prange
+
+# numba's own thread pool: its OpenMP layer would share torch's OpenMP runtime (and change torch's thread
+# count). The pool is not re-entrant, so calls are serialized by a lock.
+numba.config.THREADING_LAYER = "workqueue"
+_LOCK = threading.Lock()
+
+__all__ = ["philox_bits", "draw_key", "sample_pairs", "sample_pairs_instance", "adc_convert", "KERNEL_DTYPES"]
+
+KERNEL_DTYPES = (torch.float32,)
+
+_M = np.uint64(0xD256D193)
+_W = np.uint64(0x9E3779B9)
+_MASK = np.uint64(0xFFFFFFFF)
+_ROUNDS = 10
+
+
+# ------------------------------------------------------------------------------------------- generator
+@njit(inline="always", cache=True)
+def _philox(c0: np.uint64, c1: np.uint64, key: np.uint64) -> np.uint64:
+    """Philox2x32-10 of the counter (c0, c1) under ``key``: both output words as one 64-bit value (r1:r0)."""
+    x0, x1, k = c0, c1, key
+    for _ in range(_ROUNDS):
+        p = _M * x0
+        x0 = ((p >> np.uint64(32)) ^ k ^ x1) & _MASK
+        x1 = p & _MASK
+        k = (k + _W) & _MASK
+    return (x1 << np.uint64(32)) | x0
+
+
+@njit(cache=True)
+def _philox_words(c0: np.ndarray, c1: np.ndarray, key: np.uint64) -> np.ndarray:
+    """Philox2x32-10 of arrays of counters, as (r1:r0) 64-bit values: for the known-answer test."""
+    out = np.empty(c0.size, np.uint64)
+    for i in range(c0.size):
+        out[i] = _philox(np.uint64(c0[i]), np.uint64(c1[i]), key)
+    return out
+
+
+def philox_bits(rows: int, length: int, key: int, nonce: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """The kernels' 16 random bits of every element of a (rows, length) array, in torch (int64 values in
+    [0, 2**16)): the eager reference of the kernels' generator.
+
+    Each row is padded to a multiple of 4 elements; group ``g`` of 4 consecutive (padded) elements takes the
+    64 bits of ``philox(counter=(g mod 2**32, nonce + g div 2**32), key)``, lane ``l`` bits ``16 l .. 16 l + 15``.
+    int64 products wrap modulo 2**64, which keeps the low 64 bits of the 32x32-bit product exact; the
+    arithmetic shift is masked back to the high word.
+    """
+    padded = (length + 3) // 4 * 4
+    g = torch.arange(rows * padded // 4, dtype=torch.int64, device=device)
+    x0 = g & 0xFFFFFFFF
+    x1 = (nonce + (g >> 32)) & 0xFFFFFFFF
+    k = key
+    for _ in range(_ROUNDS):
+        p = x0 * 0xD256D193
+        x0 = ((p >> 32) & 0xFFFFFFFF) ^ k ^ x1
+        x1 = p & 0xFFFFFFFF
+        k = (k + 0x9E3779B9) & 0xFFFFFFFF
+    lanes = torch.stack([x0 & 0xFFFF, x0 >> 16, x1 & 0xFFFF, x1 >> 16], dim=1)
+    return lanes.view(rows, padded)[:, :length]
+
+
+def draw_key(generator: torch.Generator | None) -> tuple[int, int]:
+    """(key, nonce) for one kernel call: 64 fresh bits from ``generator`` (torch's default one if None)."""
+    word = int(torch.randint(-(2**63), 2**63 - 1, (1,), dtype=torch.int64, generator=generator))
+    word &= (1 << 64) - 1
+    return word & 0xFFFFFFFF, word >> 32
+
+
+def _threads() -> None:
+    want = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    if numba.get_num_threads() != want:
+        numba.set_num_threads(want)
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().numpy()
+
+
+# ------------------------------------------------------------------------------------------- weights
+@njit(inline="always", cache=True)
+def _row_bits(row, length, nonce, key):  # noqa: ANN001
+    """The 16-bit random values of one row (padded to 4): a loop with no loads, so it vectorizes."""
+    groups = (length + 3) // 4
+    words = np.empty(groups, np.uint64)
+    g0 = np.uint64(row) * np.uint64(groups)
+    for g in range(groups):
+        c = g0 + np.uint64(g)
+        words[g] = _philox(c & _MASK, (nonce + (c >> np.uint64(32))) & _MASK, key)
+    return words.view(np.uint16)
+
+
+@njit(cache=True)
+def _bits(rows, length, nonce, key):  # noqa: ANN001
+    """The kernels' random bits of a (rows, length) array (uint16): for the tests against philox_bits."""
+    out = np.empty((rows, length), np.uint16)
+    for r in range(rows):
+        out[r] = _row_bits(r, length, nonce, key)[:length]
+    return out
+
+
+# Index arithmetic is unsigned (np.uintp) throughout: numba then skips negative-index wraparound, which
+# halves the cost of every gather. Non-finite inputs take index 0 and come out non-finite (``+ (v - v)``).
+_U = np.uintp
+
+
+@njit(inline="always", cache=True)
+def _fine(v, top):  # noqa: ANN001
+    """Index of |v| on the |w| -> level lookup: floor(|v| * top + 0.5), 0 for NaN."""
+    f = min(abs(v) * top + np.float32(0.5), top)
+    return _U(f) if f >= np.float32(0.0) else _U(0)
+
+
+@njit(parallel=True, cache=True, boundscheck=False)
+def _pairs(w, col0, inv_scale, level_of_fine, read_unit, key, nonce, out):  # noqa: ANN001
+    rows, cols = out.shape
+    top = np.float32(level_of_fine.size - 1)
+    for i in prange(rows):
+        words = _row_bits(i, cols, nonce, key)
+        s = inv_scale[i]
+        for j in range(_U(cols)):
+            v = w[_U(i), _U(col0) + j] * s
+            r = _U(words[j])
+            g_active = read_unit[_U(level_of_fine[_fine(v, top)]) * _U(256) + (r & _U(255))]
+            g_idle = read_unit[r >> _U(8)]
+            d = g_active - g_idle
+            out[_U(i), j] = (-d if v < np.float32(0.0) else d) + (v - v)
+
+
+@njit(parallel=True, cache=True, boundscheck=False)
+def _pairs_instance(w, col0, inv_scale, ranks, level_of_fine, programmed_unit, read_noise_unit, key, nonce, out):  # noqa: ANN001
+    rows, cols = out.shape
+    top = np.float32(level_of_fine.size - 1)
+    for i in prange(rows):
+        words = _row_bits(i, cols, nonce, key)
+        s = inv_scale[i]
+        for j in range(_U(cols)):
+            k = _U(col0) + j
+            v = w[_U(i), k] * s
+            r = _U(words[j])
+            row = _U(level_of_fine[_fine(v, top)]) * _U(256)
+            g_active = programmed_unit[row + _U(ranks[0, _U(i), k])] + read_noise_unit[row + (r & _U(255))]
+            g_idle = programmed_unit[_U(ranks[1, _U(i), k])] + read_noise_unit[r >> _U(8)]
+            d = g_active - g_idle
+            out[_U(i), j] = (-d if v < np.float32(0.0) else d) + (v - v)
+
+
+def _tile_out(w: torch.Tensor, cols: slice, out: torch.Tensor | None) -> torch.Tensor:
+    if out is None or not out.is_contiguous():
+        return torch.empty(w.shape[0], cols.stop - cols.start, dtype=torch.float32)
+    return out
+
+
+def sample_pairs(
+    w: torch.Tensor,
+    cols: slice,
+    inv_scale: torch.Tensor,
+    level_of_fine: torch.Tensor,
+    read_unit: torch.Tensor,
+    key: int,
+    nonce: int,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Noisy unit weights ``sign * (G_active - G_idle)`` of the tile ``w[:, cols] * inv_scale[:, None]``
+    (``w`` C-contiguous (O, K); one read each), written into ``out`` if given (any strides)."""
+    dest = _tile_out(w, cols, out)
+    with _LOCK:
+        _threads()
+        _pairs(_np(w), cols.start, _np(inv_scale), _np(level_of_fine), _np(read_unit), np.uint64(key), np.uint64(nonce), dest.numpy())
+    return dest if out is None or dest is out else out.copy_(dest)
+
+
+def sample_pairs_instance(
+    w: torch.Tensor,
+    cols: slice,
+    inv_scale: torch.Tensor,
+    ranks: torch.Tensor,
+    level_of_fine: torch.Tensor,
+    programmed_unit: torch.Tensor,
+    read_noise_unit: torch.Tensor,
+    key: int,
+    nonce: int,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Noisy unit weights of a fixed chip instance: persistent programmed ranks (``ranks`` (2, O, K) uint8:
+    active and idle device), fresh read noise."""
+    dest = _tile_out(w, cols, out)
+    with _LOCK:
+        _threads()
+        _pairs_instance(
+            _np(w), cols.start, _np(inv_scale), _np(ranks), _np(level_of_fine), _np(programmed_unit),
+            _np(read_noise_unit), np.uint64(key), np.uint64(nonce), dest.numpy(),
+        )
+    return dest if out is None or dest is out else out.copy_(dest)
+
+
+# ------------------------------------------------------------------------------------------- ADC
+@njit(inline="always", cache=True)
+def _convert_one(p, r, cb, gain, offset, grid_scale, grid_shift, interp, last, codes):  # noqa: ANN001
+    """One conversion: position on the grid, random grid point (below/above) and knot, table read-back."""
+    position = min(max(p * grid_scale + grid_shift, np.float32(0.0)), np.float32(last))
+    below = np.int32(position) if position >= np.float32(0.0) else np.int32(0)  # truncation = floor (>= 0); NaN -> 0
+    threshold = (np.float32(r >> 8) + np.float32(0.5)) * interp + np.float32(128.0) * (np.float32(1.0) - interp)
+    point = min(below + np.int32(threshold < (position - np.float32(below)) * np.float32(256.0)), last)
+    code = np.float32(codes[cb + _U(point * 256 + (r & 255))])
+    return code * gain + offset + (p - p)
+
+
+@njit(parallel=True, cache=True, boundscheck=False)
+def _adc(acc, psum, accumulate, col_base, deq_gain, deq_offset, grid_scale, grid_shift, limit, interp, n_points, codes,  # noqa: ANN001
+         key, nonce, passes, want_passes):
+    n, n_out, inner = psum.shape
+    last = np.int32(n_points - 1)
+    for a in prange(n):
+        words = _row_bits(a, n_out * inner, nonce, key)
+        ua = _U(a)
+        if inner == 1:  # linear layers: one flat loop (a nested loop of length 1 costs 3x)
+            for j in range(_U(n_out)):
+                p = psum[ua, j, 0]
+                value = _convert_one(p, np.int32(words[j]), _U(col_base[j]), deq_gain[j], deq_offset[j], grid_scale,
+                                     grid_shift, interp, last, codes)
+                if want_passes:
+                    passes[ua, j, 0] = abs(p) <= limit
+                acc[ua, j, 0] = acc[ua, j, 0] + value if accumulate else value
+            continue
+        for j in range(_U(n_out)):
+            cb, gain, offset = _U(col_base[j]), deq_gain[j], deq_offset[j]
+            for b in range(_U(inner)):
+                p = psum[ua, j, b]
+                value = _convert_one(p, np.int32(words[j * _U(inner) + b]), cb, gain, offset, grid_scale, grid_shift,
+                                     interp, last, codes)
+                if want_passes:
+                    passes[ua, j, b] = abs(p) <= limit
+                acc[ua, j, b] = acc[ua, j, b] + value if accumulate else value
+
+
+def adc_convert(
+    acc: torch.Tensor,
+    psum: torch.Tensor,
+    accumulate: bool,
+    col_base: torch.Tensor,
+    deq_gain: torch.Tensor,
+    deq_offset: torch.Tensor,
+    grid_scale: float,
+    grid_shift: float,
+    limit: float,
+    interpolate: bool,
+    n_points: int,
+    codes: torch.Tensor,
+    key: int,
+    nonce: int,
+    want_passes: bool,
+) -> torch.Tensor | None:
+    """Convert partial sums ``psum`` (N, O, B) into ``acc`` (same shape; ``+=`` if ``accumulate``, else ``=``;
+    ``acc`` may be ``psum`` itself). Per output column j: code table offset ``col_base[j]``, read-back
+    ``code * deq_gain[j] + deq_offset[j]``. Returns the bool mask of unsaturated conversions if asked.
+
+    The conversion is :func:`cimcal.analog.converters.adc_convert_tile`'s, with the random bits from Philox.
+    """
+    passes = torch.empty(psum.shape if want_passes else (0, 0, 0), dtype=torch.bool)
+    with _LOCK:
+        _threads()
+        _adc(
+            _np(acc), _np(psum), accumulate, _np(col_base), _np(deq_gain), _np(deq_offset), np.float32(grid_scale),
+            np.float32(grid_shift), np.float32(limit), np.float32(1.0 if interpolate else 0.0), n_points, _np(codes),
+            np.uint64(key), np.uint64(nonce), passes.numpy(), want_passes,
+        )
+    return passes if want_passes else None

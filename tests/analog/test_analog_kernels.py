@@ -1,0 +1,81 @@
+"""The compiled kernels: the Philox generator against its published answers, kernels == eager reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from cimcal.analog import AnalogConfig, AnalogConv2d, AnalogLinear, kernels
+
+# Random123's kat_vectors for Philox2x32-10: (counter word 0, counter word 1, key) -> (out 0, out 1)
+KAT = [
+    ((0x00000000, 0x00000000, 0x00000000), (0xFF1DAE59, 0x6CD10DF2)),
+    ((0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF), (0x2C3F628B, 0xAB4FD7AD)),
+    ((0x243F6A88, 0x85A308D3, 0x13198A2E), (0xDD7CE038, 0xF62A4C12)),
+]
+
+
+@pytest.mark.parametrize(("inputs", "expected"), KAT)
+def test_philox_matches_the_published_known_answers(inputs, expected):
+    c0, c1, key = inputs
+    word = int(kernels._philox_words(np.array([c0], np.uint64), np.array([c1], np.uint64), np.uint64(key))[0])
+    assert (word & 0xFFFFFFFF, word >> 32) == expected
+    if c0 == 0:  # the torch reference: group 0 of a call whose nonce is c1; lanes are 16-bit slices of r1:r0
+        lanes = kernels.philox_bits(1, 4, key, c1)[0].tolist()
+        assert sum(v << (16 * i) for i, v in enumerate(lanes)) == word
+
+
+@pytest.mark.parametrize(("rows", "length"), [(3, 5), (7, 1), (2, 1030)])
+def test_torch_reference_equals_the_kernel_bits(rows, length):
+    key, nonce = 0x13198A2E, 0xFFFFFFF0  # the nonce wraps when the group counter passes 2**32 - 16
+    ref = kernels.philox_bits(rows, length, key, nonce).numpy()
+    assert np.array_equal(ref, kernels._bits(rows, length, np.uint64(nonce), np.uint64(key)).astype(np.int64))
+
+
+def test_random_bytes_are_uniform_and_independent():
+    bits = kernels.philox_bits(512, 512, *kernels.draw_key(torch.Generator().manual_seed(0))).reshape(-1)
+    low, high = (bits & 255).numpy(), (bits >> 8).numpy()
+    for byte in (low, high):
+        assert stats.chisquare(np.bincount(byte, minlength=256)).pvalue > 1e-3
+    table = np.histogram2d(low, high, bins=16)[0]
+    assert stats.chi2_contingency(table).pvalue > 1e-3  # the two bytes of one element are independent
+    lanes = bits.view(-1, 4).numpy()
+    neighbours = np.histogram2d(lanes[:, 0] & 255, lanes[:, 1] & 255, bins=16)[0]
+    assert stats.chi2_contingency(neighbours).pvalue > 1e-3  # nor are two elements of one Philox group
+
+
+def _pair(layer_cls, fitted_profile, resample, compiled, tile_rows):
+    torch.manual_seed(0)
+    if layer_cls is AnalogLinear:
+        layer = AnalogLinear(300, 20, profile=fitted_profile,
+                             config=AnalogConfig(compile=compiled, tile_rows=tile_rows, resample=resample, adc_grad="saturation_mask"))
+        weight = torch.linspace(-1, 1, 6000).view(20, 300)
+        x = torch.rand(16, 300)
+    else:
+        layer = AnalogConv2d(12, 6, 3, padding=1, profile=fitted_profile,
+                             config=AnalogConfig(compile=compiled, tile_rows=tile_rows, resample=resample, adc_grad="saturation_mask"))
+        weight = torch.linspace(-1, 1, 6 * 12 * 9).view(6, 12, 3, 3)
+        x = torch.rand(5, 12, 7, 7)
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        layer.bias.zero_()
+    layer.new_instance(torch.Generator().manual_seed(8))
+    layer.generator = torch.Generator().manual_seed(9)
+    return layer, x
+
+
+@pytest.mark.parametrize("layer_cls", [AnalogLinear, AnalogConv2d])
+@pytest.mark.parametrize("resample", ["every_forward", "fixed_instance"])
+def test_kernels_equal_the_eager_reference(fitted_profile, layer_cls, resample):
+    outputs = []
+    for compiled in (False, True):
+        layer, x = _pair(layer_cls, fitted_profile, resample, compiled, tile_rows=64)
+        x.requires_grad_(True)
+        y = layer(x)
+        y.square().sum().backward()
+        outputs.append((y.detach(), x.grad, layer.weight.grad))
+    (y0, gx0, gw0), (y1, gx1, gw1) = outputs
+    assert torch.allclose(y0, y1, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(gx0, gx1, rtol=1e-4, atol=1e-5) and torch.allclose(gw0, gw1, rtol=1e-4, atol=1e-5)
