@@ -237,7 +237,7 @@ def run_demo(
 
         # 4-6. train three ways, Monte-Carlo evaluate, deploy to the chip
         task = load_task("digits", seed=seed)
-        config = AnalogConfig(compile=False, t_s=t_s)
+        config = AnalogConfig(t_s=t_s)
         models = work / "models"
         # warm-up: torch's one-time allocations (thread pools, kernels) would otherwise count as the first
         # method's peak memory

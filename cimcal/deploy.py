@@ -88,8 +88,7 @@ def file_sha256(path: str | os.PathLike) -> str:
 def _eval_config(analog_config: Any, t_s: float | None) -> Any:
     from cimcal.train.evaluate import instance_config
 
-    # compile only changes speed; eager keeps deployment free of a compile warm-up
-    return dataclasses.replace(instance_config(analog_config, t_s), compile=False)
+    return instance_config(analog_config, t_s)
 
 
 def calibrated_analog_model(model: nn.Module, task: Any, profile: Any, analog_config: Any, *, seed: int = 0,

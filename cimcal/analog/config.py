@@ -58,7 +58,9 @@ class AnalogConfig:
             it where the conversion saturated (mask saved bit-packed, 1 bit per conversion).
         grad_x_weight: weight used for ``grad_x = g W``: ``"clean"`` (saves W, free) or ``"noisy"`` (saves the
             noisy weight sampled in forward instead of W: one weight-sized tensor more).
-        compile: fuse the sampling chains with ``torch.compile`` (falls back to eager if compilation fails).
+        compile: run weight sampling and ADC conversion as compiled kernels (:mod:`cimcal.analog.kernels`,
+            numba; compiled on first use and cached on disk) on float32 CPU tensors; ``False`` runs their eager
+            torch reference (same values, several times slower; always used on other devices and dtypes).
     """
 
     noise: str = "lut"

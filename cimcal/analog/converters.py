@@ -5,7 +5,7 @@ by the layer's calibrated ``psum_scale`` onto the ADC's measured input range ``[
 ``a = center + p / psum_scale * half_range``. The code is drawn from the profile's per-column LUT. For speed
 we tabulate that LUT once, through its public ``sample`` API, as ``codes[c, b, k]``: for physical column
 ``c`` and grid point ``b``, the ``n_knots`` quantiles of the codes the LUT gives at that input. The grid is
-the LUT's own input bin centres when they are uniform, else ``2 * n_codes + 1`` points half an LSB apart;
+the LUT's own input bin centres when they are uniform and at most 4 per LSB, else ``4 * n_codes + 1`` points a quarter LSB apart;
 as in the LUT's own sampler the code distribution is interpolated linearly between grid points (a
 mixture): the point below or above is picked with probabilities given by the input's position between them.
 A conversion draws two random bytes (grid choice, knot), then does one gather
@@ -27,7 +27,7 @@ __all__ = ["AdcTables", "build_adc_tables", "dac_quantize", "adc_convert_tile", 
 
 N_KNOTS = 256
 _MAX_TABLE_SAMPLES = 1 << 21
-_POINTS_PER_CODE = 2  # own grid: points half an LSB apart, linear interpolation between them
+_POINTS_PER_CODE = 4  # at most 4 grid points per LSB, linear interpolation between them
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class AdcTables:
 
     x_lo, x_hi: measured input range (inputs outside saturate). Grid point p sits at input
     ``grid_x0 + p * grid_step`` (p = 0..n_points-1); ``interpolate`` says whether a conversion mixes the two
-    neighbouring points linearly (our own half-LSB grid) or takes the nearest one (the LUT's own bins).
+    neighbouring points linearly (always, in practice).
     deq_offset, deq_gain (C,): input ~= deq_offset + deq_gain * code (fit of the mean transfer curve).
     sigma_lsb (C,): per-column noise (the gaussian baseline). cols: physical column ids.
     """
@@ -56,7 +56,9 @@ class AdcTables:
 
 
 def _grid(adc: Any, x_lo: float, x_hi: float, n_codes: int) -> tuple[torch.Tensor, bool]:
-    """Input grid: the LUT's own bin centres when its bins are uniform, else half-LSB points.
+    """Input grid: the LUT's own bin centres when its bins are uniform and at most ``_POINTS_PER_CODE`` per
+    code, else ``_POINTS_PER_CODE`` points per LSB (finer bins are resampled: the table stays small and
+    cache-resident, e.g. 256 KB for 4 columns of a 6-bit ADC).
 
     Both interpolate linearly between neighbouring points (as a mixture), as the LUT's own sampler does.
     """
@@ -64,7 +66,8 @@ def _grid(adc: Any, x_lo: float, x_hi: float, n_codes: int) -> tuple[torch.Tenso
     if edges is not None:
         edges = torch.as_tensor(edges, dtype=torch.float64).reshape(-1)
         widths = edges.diff()
-        if widths.numel() >= 2 and bool((widths > 0).all()) and bool(torch.allclose(widths, widths.mean(), rtol=1e-3)):
+        uniform = widths.numel() >= 2 and bool((widths > 0).all()) and bool(torch.allclose(widths, widths.mean(), rtol=1e-3))
+        if uniform and widths.numel() <= _POINTS_PER_CODE * n_codes:
             return (0.5 * (edges[:-1] + edges[1:])), True
     return torch.linspace(x_lo, x_hi, _POINTS_PER_CODE * n_codes + 1, dtype=torch.float64), True
 

@@ -13,13 +13,15 @@ value for value.
 The low byte of an element's 16 bits picks a knot (the active device's for a weight pair, the code
 table's for an ADC conversion); the high byte picks the idle device's knot, or the ADC grid point.
 
-Kernels are compiled on first use and cached on disk (numba's ``cache=True``); they run on numba's thread
-pool with torch's intra-op thread count. Inputs are float32 CPU arrays (numpy views of torch tensors, no copy).
+Kernels are compiled on first use and cached on disk (numba's ``cache=True``); large calls run on numba's
+thread pool with torch's intra-op thread count, small ones serially. Inputs are float32 CPU arrays (numpy views of torch tensors, no copy).
 """
 
 from __future__ import annotations
 
 import threading
+import types
+from typing import Any
 
 import numba
 import numpy as np
@@ -93,10 +95,31 @@ def draw_key(generator: torch.Generator | None) -> tuple[int, int]:
     return word & 0xFFFFFFFF, word >> 32
 
 
-def _threads() -> None:
-    want = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-    if numba.get_num_threads() != want:
-        numba.set_num_threads(want)
+class _Kernel:
+    """A loop compiled twice: serial (a call costs ~5 us) and parallel over numba's pool (~60-100 us to start
+    the pool's threads, worth it from ~64k elements on). Called with the element count first."""
+
+    PARALLEL_MIN = 1 << 16
+
+    def __init__(self, fn: Any) -> None:
+        serial = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial", fn.__defaults__, fn.__closure__)
+        serial.__qualname__ = fn.__qualname__ + "_serial"  # its own on-disk cache entry
+        self.serial = njit(cache=True, boundscheck=False)(serial)
+        self.parallel = njit(parallel=True, cache=True, boundscheck=False)(fn)
+
+    def __call__(self, n_elements: int, *args: Any) -> None:
+        threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+        with _LOCK:
+            if threads > 1 and n_elements >= self.PARALLEL_MIN:
+                if numba.get_num_threads() != threads:
+                    numba.set_num_threads(threads)
+                self.parallel(*args)
+            else:
+                self.serial(*args)
+
+
+def _kernel(fn: Any) -> _Kernel:
+    return _Kernel(fn)
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -137,7 +160,7 @@ def _fine(v, top):  # noqa: ANN001
     return _U(f) if f >= np.float32(0.0) else _U(0)
 
 
-@njit(parallel=True, cache=True, boundscheck=False)
+@_kernel
 def _pairs(w, col0, inv_scale, level_of_fine, read_unit, key, nonce, out):  # noqa: ANN001
     rows, cols = out.shape
     top = np.float32(level_of_fine.size - 1)
@@ -153,7 +176,7 @@ def _pairs(w, col0, inv_scale, level_of_fine, read_unit, key, nonce, out):  # no
             out[_U(i), j] = (-d if v < np.float32(0.0) else d) + (v - v)
 
 
-@njit(parallel=True, cache=True, boundscheck=False)
+@_kernel
 def _pairs_instance(w, col0, inv_scale, ranks, level_of_fine, programmed_unit, read_noise_unit, key, nonce, out):  # noqa: ANN001
     rows, cols = out.shape
     top = np.float32(level_of_fine.size - 1)
@@ -190,9 +213,7 @@ def sample_pairs(
     """Noisy unit weights ``sign * (G_active - G_idle)`` of the tile ``w[:, cols] * inv_scale[:, None]``
     (``w`` C-contiguous (O, K); one read each), written into ``out`` if given (any strides)."""
     dest = _tile_out(w, cols, out)
-    with _LOCK:
-        _threads()
-        _pairs(_np(w), cols.start, _np(inv_scale), _np(level_of_fine), _np(read_unit), np.uint64(key), np.uint64(nonce), dest.numpy())
+    _pairs(dest.numel(), _np(w), cols.start, _np(inv_scale), _np(level_of_fine), _np(read_unit), np.uint64(key), np.uint64(nonce), dest.numpy())
     return dest if out is None or dest is out else out.copy_(dest)
 
 
@@ -211,12 +232,10 @@ def sample_pairs_instance(
     """Noisy unit weights of a fixed chip instance: persistent programmed ranks (``ranks`` (2, O, K) uint8:
     active and idle device), fresh read noise."""
     dest = _tile_out(w, cols, out)
-    with _LOCK:
-        _threads()
-        _pairs_instance(
-            _np(w), cols.start, _np(inv_scale), _np(ranks), _np(level_of_fine), _np(programmed_unit),
-            _np(read_noise_unit), np.uint64(key), np.uint64(nonce), dest.numpy(),
-        )
+    _pairs_instance(
+        dest.numel(), _np(w), cols.start, _np(inv_scale), _np(ranks), _np(level_of_fine), _np(programmed_unit),
+        _np(read_noise_unit), np.uint64(key), np.uint64(nonce), dest.numpy(),
+    )
     return dest if out is None or dest is out else out.copy_(dest)
 
 
@@ -232,7 +251,7 @@ def _convert_one(p, r, cb, gain, offset, grid_scale, grid_shift, interp, last, c
     return code * gain + offset + (p - p)
 
 
-@njit(parallel=True, cache=True, boundscheck=False)
+@_kernel
 def _adc(acc, psum, accumulate, col_base, deq_gain, deq_offset, grid_scale, grid_shift, limit, interp, n_points, codes,  # noqa: ANN001
          key, nonce, passes, want_passes):
     n, n_out, inner = psum.shape
@@ -284,11 +303,9 @@ def adc_convert(
     The conversion is :func:`cimcal.analog.converters.adc_convert_tile`'s, with the random bits from Philox.
     """
     passes = torch.empty(psum.shape if want_passes else (0, 0, 0), dtype=torch.bool)
-    with _LOCK:
-        _threads()
-        _adc(
-            _np(acc), _np(psum), accumulate, _np(col_base), _np(deq_gain), _np(deq_offset), np.float32(grid_scale),
-            np.float32(grid_shift), np.float32(limit), np.float32(1.0 if interpolate else 0.0), n_points, _np(codes),
-            np.uint64(key), np.uint64(nonce), passes.numpy(), want_passes,
-        )
+    _adc(
+        psum.numel(), _np(acc), _np(psum), accumulate, _np(col_base), _np(deq_gain), _np(deq_offset), np.float32(grid_scale),
+        np.float32(grid_shift), np.float32(limit), np.float32(1.0 if interpolate else 0.0), n_points, _np(codes),
+        np.uint64(key), np.uint64(nonce), passes.numpy(), want_passes,
+    )
     return passes if want_passes else None

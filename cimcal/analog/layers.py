@@ -40,7 +40,7 @@ from cimcal.errors import ConfigError
 
 __all__ = ["AnalogLinear", "AnalogConv2d", "AnalogLayer", "profile_tables"]
 
-_CONV_CHUNK_ELEMS = 1 << 16  # conv outputs per chunk of images (256 KiB of float32)
+_CONV_CHUNK_ELEMS = 1 << 18  # conv outputs per chunk of images (1 MiB of float32)
 _TABLE_CACHE: dict[tuple[int, str, float | None], tuple[Any, Any]] = {}
 
 
@@ -369,12 +369,14 @@ class AnalogLinear(AnalogLayer, nn.Linear):
         if noise == "none":
             return F.linear(x, self.weight, self.bias)
         x2d = x.reshape(-1, self.in_features)
-        if noise == "lut":
+        if noise == "lut":  # the Function's output is a fresh tensor: add the bias in place (no output-sized copy)
             y = AnalogLinearFunction.apply(x2d, self.weight, self)[0]
+            if self.bias is not None:
+                y.add_(self.bias)
         else:
             y = self.gaussian_mvm(x2d, self.weight)
-        y = y.reshape(*x.shape[:-1], self.out_features)
-        return y if self.bias is None else y + self.bias
+            y = y if self.bias is None else y + self.bias
+        return y.reshape(*x.shape[:-1], self.out_features)
 
 
 class AnalogConv2d(AnalogLayer, nn.Conv2d):
@@ -426,10 +428,12 @@ class AnalogConv2d(AnalogLayer, nn.Conv2d):
             x = x.unsqueeze(0)
         if noise == "lut":
             y = AnalogConv2dFunction.apply(x, self.weight, self, self.stride, self.padding, self.dilation)[0]
+            if self.bias is not None:
+                y.add_(self.bias.view(1, -1, 1, 1))
         else:
             y = self.gaussian_conv(x, self.weight, self.stride, self.padding, self.dilation)
-        if self.bias is not None:
-            y = y + self.bias.view(1, -1, 1, 1)
+            if self.bias is not None:
+                y = y + self.bias.view(1, -1, 1, 1)
         return y.squeeze(0) if unbatched else y
 
 

@@ -32,7 +32,7 @@ def _load_profiles(paths: tuple[str, ...]) -> list:
               help="Model hyperparameter, e.g. --hparam hidden=[64] (repeatable).")
 @click.option("--t-s", type=float, default=None, help="Inference time after programming (s) seen in training.")
 @click.option("--compile/--no-compile", "use_compile", default=True, show_default=True,
-              help="Fuse the analog sampling chains with torch.compile (warm-up cost, faster steps).")
+              help="Compiled sampling kernels (numba; --no-compile: the eager torch reference, same values, slower).")
 @click.option("--grad-x-weight", type=click.Choice(["clean", "noisy"]), default="clean", show_default=True,
               help="STE: weight used in grad_x = g W (noisy: the forward's sampled weights; better under strong noise).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Checkpoint to write.")
