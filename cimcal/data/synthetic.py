@@ -109,9 +109,12 @@ def synthetic_conductance(
     )
 
 
-def _adc_transitions_lsb(n_codes: int, rng: np.random.Generator) -> np.ndarray:
-    """Code transition levels T_1..T_{N-1} in ideal-LSB units: random DNL, a bowed INL, narrow codes."""
-    widths = np.clip(1.0 + rng.normal(0.0, 0.22, n_codes - 2), 0.25, None)
+def _adc_transitions_lsb(n_codes: int, rng: np.random.Generator, inl_scale: float = 1.0) -> np.ndarray:
+    """Code transition levels T_1..T_{N-1} in ideal-LSB units: random DNL, a bowed INL, narrow codes.
+
+    ``inl_scale`` multiplies the bow (and gives it a random sign per column) and widens the DNL; 1 is the
+    default, mild ADC (~1.5 LSB INL)."""
+    widths = np.clip(1.0 + rng.normal(0.0, 0.22 * min(inl_scale, 2.5), n_codes - 2), 0.25 if inl_scale <= 1 else 0.1, None)
     narrow = rng.choice(n_codes - 2, size=max(1, n_codes // 32), replace=False)
     widths[narrow] = 0.06  # nearly missing codes
     transitions = 1.0 + np.concatenate([[0.0], np.cumsum(widths)])
@@ -119,6 +122,8 @@ def _adc_transitions_lsb(n_codes: int, rng: np.random.Generator) -> np.ndarray:
     transitions += 1.0 - transitions[0]
     k = transitions / n_codes
     bow_lsb = rng.normal(1.2, 0.3)
+    if inl_scale != 1.0:
+        bow_lsb *= inl_scale * rng.choice([-1, 1])
     return transitions + 4.0 * bow_lsb * k * (1.0 - k)
 
 
@@ -131,11 +136,14 @@ def synthetic_adc(
     bits: int = 6,
     input_range_ua: tuple[float, float] = (0.0, 100.0),
     chip_id: str = "SYN0",
+    inl_scale: float = 1.0,
 ) -> pd.DataFrame:
     """An ADC table of ``cols * n_inputs * repeats`` rows (one row per conversion).
 
     Each column sees the same ramp of ``n_inputs`` known inputs (µA of column current, spanning
     slightly beyond ``input_range_ua`` so both ends saturate), each converted ``repeats`` times.
+    ``inl_scale`` > 1 gives every column a strong systematic transfer-curve error (bow x ``inl_scale``
+    with a random sign, wider DNL), e.g. 16: ~8 LSB residual INL on a 6-bit ADC.
     """
     if cols < 1 or n_inputs < 2 or repeats < 1 or not 2 <= bits <= 12:
         raise ValueError(
@@ -149,7 +157,7 @@ def synthetic_adc(
     inputs = np.linspace(x_min - 0.02 * span, x_max + 0.02 * span, n_inputs)
     codes = np.empty((cols, n_inputs, repeats), dtype=np.int64)
     for c in range(cols):  # a handful of columns: each gets its own transfer curve
-        transitions = _adc_transitions_lsb(n_codes, rng)
+        transitions = _adc_transitions_lsb(n_codes, rng, inl_scale)
         gain = rng.normal(1.0, 0.03)
         offset_lsb = rng.normal(0.0, 0.8)
         u = (inputs - x_min) / span * n_codes * gain + offset_lsb  # ideal-LSB units

@@ -153,3 +153,15 @@ def test_wide_code_windows_fall_back_to_the_inverse_cdf_gather():
     drawn = model.sample(torch.full((50_000,), 3.0), torch.tensor(0), generator=torch.Generator().manual_seed(7))
     assert int(drawn.min()) >= 0 and int(drawn.max()) < model.n_codes_
     assert abs(float(drawn.double().mean()) - 99.5) < 2.0
+
+
+def test_synthetic_inl_scale_gives_the_fitted_profile_a_strong_transfer_curve_error():
+    """The strong-INL synthetic chip of the accuracy benchmark: the fitted LUT recovers the larger INL."""
+    from cimcal.data.synthetic import synthetic_adc
+
+    worst = {}
+    for scale in (1.0, 16.0):
+        df = synthetic_adc(cols=4, n_inputs=256, repeats=8, seed=3, inl_scale=scale)
+        lut = ADCLUT(n_codes=64).fit(df)
+        worst[scale] = float(np.nanmax(np.abs(lut.inl_lsb_.numpy()), axis=1).mean())
+    assert worst[1.0] < 3.0 and worst[16.0] > 3 * worst[1.0], worst
