@@ -155,10 +155,13 @@ _U = np.uintp
 
 @njit(inline="always", cache=True)
 def _fine(v, top):  # noqa: ANN001
-    """Index of |v| on the |w| -> level lookup: floor(|v| * top + 0.5), 0 for NaN."""
+    """Index of |v| on the |w| -> level lookup: floor(|v| * top + 0.5), 0 for NaN (as int32)."""
     f = min(abs(v) * top + np.float32(0.5), top)
-    return _U(f) if f >= np.float32(0.0) else _U(0)
+    return np.int32(f) if f >= np.float32(0.0) else np.int32(0)
 
+
+# Each row runs in phases: index arithmetic (vectorizes), then the table gathers alone in a tight loop (many
+# loads in flight), then the arithmetic on the gathered values. Fused into one loop the same work costs ~3x.
 
 @_kernel
 def _pairs(w, col0, inv_scale, level_of_fine, read_unit, key, nonce, out):  # noqa: ANN001
@@ -166,14 +169,24 @@ def _pairs(w, col0, inv_scale, level_of_fine, read_unit, key, nonce, out):  # no
     top = np.float32(level_of_fine.size - 1)
     for i in prange(rows):
         words = _row_bits(i, cols, nonce, key)
+        ui, c0 = _U(i), _U(col0)
         s = inv_scale[i]
+        fine = np.empty(cols, np.int32)
         for j in range(_U(cols)):
-            v = w[_U(i), _U(col0) + j] * s
+            fine[j] = _fine(w[ui, c0 + j] * s, top)
+        level = np.empty(cols, np.int32)
+        for j in range(_U(cols)):
+            level[j] = level_of_fine[_U(fine[j])]
+        g_active = np.empty(cols, np.float32)
+        g_idle = np.empty(cols, np.float32)
+        for j in range(_U(cols)):
             r = _U(words[j])
-            g_active = read_unit[_U(level_of_fine[_fine(v, top)]) * _U(256) + (r & _U(255))]
-            g_idle = read_unit[r >> _U(8)]
-            d = g_active - g_idle
-            out[_U(i), j] = (-d if v < np.float32(0.0) else d) + (v - v)
+            g_active[j] = read_unit[_U(level[j]) * _U(256) + (r & _U(255))]
+            g_idle[j] = read_unit[r >> _U(8)]
+        for j in range(_U(cols)):
+            v = w[ui, c0 + j] * s
+            d = g_active[j] - g_idle[j]
+            out[ui, j] = (-d if v < np.float32(0.0) else d) + (v - v)
 
 
 @_kernel
@@ -182,16 +195,23 @@ def _pairs_instance(w, col0, inv_scale, ranks, level_of_fine, programmed_unit, r
     top = np.float32(level_of_fine.size - 1)
     for i in prange(rows):
         words = _row_bits(i, cols, nonce, key)
+        ui, c0 = _U(i), _U(col0)
         s = inv_scale[i]
+        fine = np.empty(cols, np.int32)
         for j in range(_U(cols)):
-            k = _U(col0) + j
-            v = w[_U(i), k] * s
+            fine[j] = _fine(w[ui, c0 + j] * s, top)
+        level = np.empty(cols, np.int32)
+        for j in range(_U(cols)):
+            level[j] = level_of_fine[_U(fine[j])]
+        for j in range(_U(cols)):
+            k = c0 + j
             r = _U(words[j])
-            row = _U(level_of_fine[_fine(v, top)]) * _U(256)
-            g_active = programmed_unit[row + _U(ranks[0, _U(i), k])] + read_noise_unit[row + (r & _U(255))]
-            g_idle = programmed_unit[_U(ranks[1, _U(i), k])] + read_noise_unit[r >> _U(8)]
+            row = _U(level[j]) * _U(256)
+            g_active = programmed_unit[row + _U(ranks[0, ui, k])] + read_noise_unit[row + (r & _U(255))]
+            g_idle = programmed_unit[_U(ranks[1, ui, k])] + read_noise_unit[r >> _U(8)]
             d = g_active - g_idle
-            out[_U(i), j] = (-d if v < np.float32(0.0) else d) + (v - v)
+            v = w[ui, k] * s
+            out[ui, j] = (-d if v < np.float32(0.0) else d) + (v - v)
 
 
 def _tile_out(w: torch.Tensor, cols: slice, out: torch.Tensor | None) -> torch.Tensor:
@@ -241,14 +261,13 @@ def sample_pairs_instance(
 
 # ------------------------------------------------------------------------------------------- ADC
 @njit(inline="always", cache=True)
-def _convert_one(p, r, cb, gain, offset, grid_scale, grid_shift, interp, last, codes):  # noqa: ANN001
-    """One conversion: position on the grid, random grid point (below/above) and knot, table read-back."""
+def _table_index(p, r, cb, grid_scale, grid_shift, interp, last):  # noqa: ANN001
+    """Code-table index of one conversion: position on the grid, random grid point (below/above), knot."""
     position = min(max(p * grid_scale + grid_shift, np.float32(0.0)), np.float32(last))
     below = np.int32(position) if position >= np.float32(0.0) else np.int32(0)  # truncation = floor (>= 0); NaN -> 0
     threshold = (np.float32(r >> 8) + np.float32(0.5)) * interp + np.float32(128.0) * (np.float32(1.0) - interp)
     point = min(below + np.int32(threshold < (position - np.float32(below)) * np.float32(256.0)), last)
-    code = np.float32(codes[cb + _U(point * 256 + (r & 255))])
-    return code * gain + offset + (p - p)
+    return cb + point * 256 + (r & 255)
 
 
 @_kernel
@@ -256,24 +275,38 @@ def _adc(acc, psum, accumulate, col_base, deq_gain, deq_offset, grid_scale, grid
          key, nonce, passes, want_passes):
     n, n_out, inner = psum.shape
     last = np.int32(n_points - 1)
+    row = n_out * inner
     for a in prange(n):
-        words = _row_bits(a, n_out * inner, nonce, key)
+        words = _row_bits(a, row, nonce, key)
         ua = _U(a)
-        if inner == 1:  # linear layers: one flat loop (a nested loop of length 1 costs 3x)
+        index = np.empty(row, np.int32)
+        if inner == 1:  # linear layers: flat loops (a nested loop of length 1 costs 3x)
             for j in range(_U(n_out)):
-                p = psum[ua, j, 0]
-                value = _convert_one(p, np.int32(words[j]), _U(col_base[j]), deq_gain[j], deq_offset[j], grid_scale,
-                                     grid_shift, interp, last, codes)
-                if want_passes:
-                    passes[ua, j, 0] = abs(p) <= limit
-                acc[ua, j, 0] = acc[ua, j, 0] + value if accumulate else value
+                index[j] = _table_index(psum[ua, j, 0], np.int32(words[j]), col_base[j], grid_scale, grid_shift, interp, last)
+        else:
+            for j in range(_U(n_out)):
+                cb = col_base[j]
+                for b in range(_U(inner)):
+                    q = j * _U(inner) + b
+                    index[q] = _table_index(psum[ua, j, b], np.int32(words[q]), cb, grid_scale, grid_shift, interp, last)
+        code = np.empty(row, np.float32)
+        for q in range(_U(row)):
+            code[q] = np.float32(codes[_U(index[q])])
+        if inner == 1 and not want_passes:  # the training hot path: branch-free loops
+            if accumulate:
+                for j in range(_U(n_out)):
+                    p = psum[ua, j, 0]
+                    acc[ua, j, 0] += code[j] * deq_gain[j] + deq_offset[j] + (p - p)
+            else:
+                for j in range(_U(n_out)):
+                    p = psum[ua, j, 0]
+                    acc[ua, j, 0] = code[j] * deq_gain[j] + deq_offset[j] + (p - p)
             continue
         for j in range(_U(n_out)):
-            cb, gain, offset = _U(col_base[j]), deq_gain[j], deq_offset[j]
+            gain, offset = deq_gain[j], deq_offset[j]
             for b in range(_U(inner)):
                 p = psum[ua, j, b]
-                value = _convert_one(p, np.int32(words[j * _U(inner) + b]), cb, gain, offset, grid_scale, grid_shift,
-                                     interp, last, codes)
+                value = code[j * _U(inner) + b] * gain + offset + (p - p)
                 if want_passes:
                     passes[ua, j, b] = abs(p) <= limit
                 acc[ua, j, b] = acc[ua, j, b] + value if accumulate else value
