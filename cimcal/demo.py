@@ -207,9 +207,7 @@ def run_demo(
             drivers.run_conductance_campaign(tester, str(out), plan, resume=out.exists(), progress=progress,
                                              provenance=provenance)
             files[f"measure {campaign}"] = str(out)
-        adc_plan = drivers.AdcPlan(**sizes["adc"])
-        adc_array = adc_plan.array  # the profile knows this array's ADC columns: deploy runs on it (in turns)
-        drivers.run_adc_campaign(tester, str(data / "adc"), adc_plan,
+        drivers.run_adc_campaign(tester, str(data / "adc"), drivers.AdcPlan(**sizes["adc"]),
                                  resume=(data / "adc").exists(), progress=progress, provenance=provenance)
         files["measure adc"] = str(data / "adc")
         stage("measure", started, f"levels, read noise, drift and ADC tables in {data}")
@@ -268,8 +266,7 @@ def run_demo(
 
             deployed = deploy_model(net, task, profile, tester, config, key=file_sha256(checkpoint),
                                     state_path=models / f"{method}.ckpt.deploy.json", seed=seed, t_s=t_s,
-                                    predicted=predicted, arrays=[adc_array],
-                                    progress=progress)
+                                    predicted=predicted, progress=progress)
             result.deploys[method] = deployed.to_dict()
             result.deviations += [d for d in deployed.deviations if d not in result.deviations]
             stage(f"deploy {method}", started, f"on-chip accuracy {100 * deployed.on_chip:.2f} %")

@@ -85,6 +85,13 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def _profiled_arrays(profile: Any, n_arrays: int) -> list[int] | None:
+    """The chip arrays the profile's ADC model was measured on, if recorded and all on this chip."""
+    recorded = (getattr(profile, "provenance", None) or {}).get("adc", {}).get("arrays") or []
+    arrays = sorted({int(a) for a in recorded})
+    return arrays if arrays and all(0 <= a < n_arrays for a in arrays) else None
+
+
 def _eval_config(analog_config: Any, t_s: float | None) -> Any:
     from cimcal.train.evaluate import instance_config
 
@@ -167,7 +174,9 @@ def deploy_model(
     mc, seed : Monte-Carlo chip instances and seed of the prediction (skipped if ``predicted`` given).
     predicted : an :class:`cimcal.train.EvalResult` already computed for this model and profile.
     on_chunk : called with the running count of programming chunks (tests use it to interrupt).
-    arrays : the arrays to use (default all); slots beyond them are programmed in turns.
+    arrays : the arrays to use; slots beyond them are programmed in turns. Default: the arrays the profile's
+        ADC columns were measured on (``profile.provenance["adc"]["arrays"]``: the profile has one transfer curve
+        per column index, so other arrays' converters would be unprofiled), else all.
     """
     from cimcal.analog import AnalogConfig
     from cimcal.deploy_chip import ChipRunner, chip_model
@@ -186,6 +195,11 @@ def deploy_model(
     limits = getattr(tester, "limits", None)
     geometry = ChipGeometry.from_tester_config(tester.config, getattr(limits, "v_read_max_v", None))
     plan = plan_deployment(analog, profile, geometry)
+    if arrays is None:
+        arrays = _profiled_arrays(profile, geometry.arrays)
+        if arrays is not None and len(arrays) < geometry.arrays:
+            plan.deviations.append(f"layers run on array(s) {', '.join(map(str, arrays))} only, whose ADC columns the "
+                                   "profile measured (in turns if they do not fit); --arrays overrides")
     idn = tester.idn
     state = DeployState(state_path, f"{key}|{idn}|{getattr(profile, 'sha256', '')}")
     t_eval = _t_eval(profile, analog_config, t_s)

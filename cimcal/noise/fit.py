@@ -237,6 +237,7 @@ def fit_profile(
                 "sources": described["adc"],
                 "rows": int(adc_summary.n_rows),
                 "chip_ids": sorted(adc_summary.chip_ids),
+                "arrays": sorted(adc_summary.arrays),  # deploy places layers on these arrays' ADCs
                 "pooled": bool(adc_summary.pooled),
             }
     finally:

@@ -572,6 +572,7 @@ class ADCSummary:
     pooled: bool | None = None
     max_code: int = -1
     chip_ids: set = field(default_factory=set)
+    arrays: set = field(default_factory=set)  # the chip arrays the conversions came from (if the table says)
 
     def _at_shift(self, shift: int) -> np.ndarray:
         return self.xkey if shift == self.x_shift else _coarsen_keys(self.xkey, shift - self.x_shift)
@@ -583,7 +584,7 @@ class ADCSummary:
             shift = out.x_shift + 4
             col, xkey, code, count = _reduce_adc(out.col, out._at_shift(shift), out.code, out.count)
             out = ADCSummary(col, xkey, code, count, shift, out.x_range, out.n_rows, out.pooled, out.max_code,
-                             out.chip_ids)
+                             out.chip_ids, out.arrays)
         return out
 
     def merge(self, other: ADCSummary) -> ADCSummary:
@@ -606,6 +607,7 @@ class ADCSummary:
             pooled=self.pooled if self.pooled is not None else other.pooled,
             max_code=max(self.max_code, other.max_code),
             chip_ids=self.chip_ids | other.chip_ids,
+            arrays=self.arrays | other.arrays,
         ).bounded()
 
 
@@ -621,6 +623,7 @@ def summarize_adc(df: pd.DataFrame) -> ADCSummary:
     x = df["input"].to_numpy(np.float64)
     rng = pd.DataFrame({"c": col, "x": x}).groupby("c")["x"].agg(["min", "max"])
     chips = set(df["chip_id"].astype(str).unique()) if "chip_id" in df else set()
+    arrays = {int(a) for a in pd.unique(df["array"])} if "array" in df else set()
     reduced = _reduce_adc(col, input_keys(x), code, np.ones(len(df), np.int64))
     return ADCSummary(
         *reduced,
@@ -629,4 +632,5 @@ def summarize_adc(df: pd.DataFrame) -> ADCSummary:
         pooled=pooled,
         max_code=int(code.max()),
         chip_ids=chips,
+        arrays=arrays,
     ).bounded()

@@ -29,9 +29,12 @@ def test_deploy_round_trip_reads_back_the_programmed_levels(trained_small, digit
     # spreads a few points around the Monte-Carlo mean (one stuck cell weighs 1/8 of a hidden unit's sum)
     assert abs(result.gap) < 0.15, result.summary()
     assert result.stats["mvm_vectors"] >= len(digits.test) and result.stats["cells_failed_verify"] >= 0
-    assert result.stats["programmings"] == 5  # 2 + 3 slots (4 measured ADC columns) > 4 arrays: in turns
+    assert result.stats["programmings"] == 5  # 2 + 3 slots (4 measured ADC columns), in turns
 
     state = json.loads((tmp_path / "state.json").read_text())
+    # the profile's ADC columns were measured on array 0: every layer ran there (another array's ADCs are unprofiled)
+    assert profile.provenance["adc"]["arrays"] == [0] and set(state["arrays"]) == {"0"}
+    assert any("array(s) 0 only" in note for note in result.deviations)
     from cimcal.deploy import calibrated_analog_model
     from cimcal.deploy_plan import ChipGeometry, plan_deployment
     from cimcal.analog import AnalogConfig
