@@ -30,7 +30,7 @@ __all__ = ["deploy", "demo"]
 @click.option("--batch-vectors", type=click.IntRange(min=1), default=2048, show_default=True,
               help="Input vectors per MVM block transfer.")
 @click.option("--arrays", default=None, metavar="A,B,...",
-              help="Arrays to use (default: all); e.g. the array(s) whose ADCs the profile measured.")
+              help="Arrays to use (default: those whose ADCs the profile measured, else all).")
 @click.option("--limits", "limits_text", default=None,
               help="Safe-limit overrides, e.g. 'v_prog_max_v=4' (the pcm preset is rated for 4 V).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
