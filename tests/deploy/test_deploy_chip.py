@@ -21,6 +21,14 @@ def _deploy(model, digits, profile, tester, tmp_path, **options):
                         state_path=tmp_path / "state.json", predicted=options.pop("predicted", PREDICTED), **options)
 
 
+@pytest.mark.parametrize(("metric", "on_chip", "expected"), [("accuracy", 0.9, 0.5), ("perplexity", 21.0, 0.25)])
+def test_on_chip_rank_counts_the_simulated_instances_the_chip_matches_or_beats(metric, on_chip, expected):
+    from cimcal.deploy import _rank
+
+    values = [0.8, 0.9, 0.95, 0.99] if metric == "accuracy" else [18.0, 19.0, 20.0, 25.0]  # perplexity: lower wins
+    assert _rank(on_chip, values, metric) == expected and _rank(on_chip, [], metric) is None
+
+
 def test_deploy_round_trip_reads_back_the_programmed_levels(trained_small, digits, profile, served, tmp_path):
     chip, tester, _ = served
     result = _deploy(trained_small, digits, profile, tester, tmp_path, mc=1, predicted=None)
@@ -28,6 +36,8 @@ def test_deploy_round_trip_reads_back_the_programmed_levels(trained_small, digit
     # a gross mapping error (sign, scale, column) costs tens of points; one chip instance of this tiny model
     # spreads a few points around the Monte-Carlo mean (one stuck cell weighs 1/8 of a hidden unit's sum)
     assert abs(result.gap) < 0.15, result.summary()
+    # one simulated instance (mc=1): the chip either matches-or-beats it or not
+    assert result.on_chip_rank == (1.0 if result.on_chip >= result.predicted else 0.0)
     assert result.stats["mvm_vectors"] >= len(digits.test) and result.stats["cells_failed_verify"] >= 0
     assert result.stats["programmings"] == 5  # 2 + 3 slots (4 measured ADC columns), in turns
 
