@@ -13,8 +13,9 @@ value for value.
 The low byte of an element's 16 bits picks a knot (the active device's for a weight pair, the code
 table's for an ADC conversion); the high byte picks the idle device's knot, or the ADC grid point.
 
-Kernels are compiled on first use and cached on disk (numba's ``cache=True``); large calls run on numba's
-thread pool with torch's intra-op thread count, small ones serially. Inputs are float32 CPU arrays (numpy views of torch tensors, no copy).
+Kernels are compiled on first use and cached on disk (numba's ``cache=True``; where no cache directory is
+writable, compiled once per process); large calls run on numba's thread pool with torch's intra-op thread
+count, small ones serially. Inputs are float32 CPU arrays (numpy views of torch tensors, no copy).
 """
 
 from __future__ import annotations
@@ -33,6 +34,22 @@ from numba import njit, prange
 numba.config.THREADING_LAYER = "workqueue"
 _LOCK = threading.Lock()
 
+
+def _cache_probe() -> int:
+    return 0
+
+
+def _disk_cache_available() -> bool:
+    """Whether numba can cache compiled kernels on disk here (next to this file, or in a user cache dir)."""
+    try:
+        njit(cache=True)(_cache_probe)
+    except RuntimeError:  # no writable cache location: compile in every process instead
+        return False
+    return True
+
+
+_CACHE = _disk_cache_available()
+
 __all__ = ["philox_bits", "draw_key", "sample_pairs", "sample_pairs_instance", "adc_convert", "KERNEL_DTYPES"]
 
 KERNEL_DTYPES = (torch.float32,)
@@ -44,7 +61,7 @@ _ROUNDS = 10
 
 
 # ------------------------------------------------------------------------------------------- generator
-@njit(inline="always", cache=True)
+@njit(inline="always", cache=_CACHE)
 def _philox(c0: np.uint64, c1: np.uint64, key: np.uint64) -> np.uint64:
     """Philox2x32-10 of the counter (c0, c1) under ``key``: both output words as one 64-bit value (r1:r0)."""
     x0, x1, k = c0, c1, key
@@ -56,7 +73,7 @@ def _philox(c0: np.uint64, c1: np.uint64, key: np.uint64) -> np.uint64:
     return (x1 << np.uint64(32)) | x0
 
 
-@njit(cache=True)
+@njit(cache=_CACHE)
 def _philox_words(c0: np.ndarray, c1: np.ndarray, key: np.uint64) -> np.ndarray:
     """Philox2x32-10 of arrays of counters, as (r1:r0) 64-bit values: for the known-answer test."""
     out = np.empty(c0.size, np.uint64)
@@ -104,8 +121,8 @@ class _Kernel:
     def __init__(self, fn: Any) -> None:
         serial = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial", fn.__defaults__, fn.__closure__)
         serial.__qualname__ = fn.__qualname__ + "_serial"  # its own on-disk cache entry
-        self.serial = njit(cache=True, boundscheck=False)(serial)
-        self.parallel = njit(parallel=True, cache=True, boundscheck=False)(fn)
+        self.serial = njit(cache=_CACHE, boundscheck=False)(serial)
+        self.parallel = njit(parallel=True, cache=_CACHE, boundscheck=False)(fn)
 
     def __call__(self, n_elements: int, *args: Any) -> None:
         threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
@@ -127,7 +144,7 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------- weights
-@njit(inline="always", cache=True)
+@njit(inline="always", cache=_CACHE)
 def _row_bits(row, length, nonce, key):  # noqa: ANN001
     """The 16-bit random values of one row (padded to 4): a loop with no loads, so it vectorizes."""
     groups = (length + 3) // 4
@@ -139,7 +156,7 @@ def _row_bits(row, length, nonce, key):  # noqa: ANN001
     return words.view(np.uint16)
 
 
-@njit(cache=True)
+@njit(cache=_CACHE)
 def _bits(rows, length, nonce, key):  # noqa: ANN001
     """The kernels' random bits of a (rows, length) array (uint16): for the tests against philox_bits."""
     out = np.empty((rows, length), np.uint16)
@@ -153,7 +170,7 @@ def _bits(rows, length, nonce, key):  # noqa: ANN001
 _U = np.uintp
 
 
-@njit(inline="always", cache=True)
+@njit(inline="always", cache=_CACHE)
 def _fine(v, top):  # noqa: ANN001
     """Index of |v| on the |w| -> level lookup: floor(|v| * top + 0.5), 0 for NaN (as int32)."""
     f = min(abs(v) * top + np.float32(0.5), top)
@@ -163,7 +180,7 @@ def _fine(v, top):  # noqa: ANN001
 # Each row runs in phases: index arithmetic (vectorizes), then the table gathers alone in a tight loop (many
 # loads in flight), then the arithmetic on the gathered values. Fused into one loop the same work costs ~3x.
 
-@njit(inline="always", cache=True)
+@njit(inline="always", cache=_CACHE)
 def _row_levels(w, ui, c0, s, cols, level_of_fine, top):  # noqa: ANN001
     """Level of the active device of each pair of row ``ui`` (columns c0..c0+cols-1, scaled by ``s``)."""
     fine = np.empty(cols, np.int32)
@@ -262,7 +279,7 @@ def sample_pairs_instance(
 
 
 # ------------------------------------------------------------------------------------------- ADC
-@njit(inline="always", cache=True)
+@njit(inline="always", cache=_CACHE)
 def _table_index(p, r, cb, grid_scale, grid_shift, interp, last):  # noqa: ANN001
     """Code-table index of one conversion: position on the grid, random grid point (below/above), knot."""
     position = min(max(p * grid_scale + grid_shift, np.float32(0.0)), np.float32(last))
