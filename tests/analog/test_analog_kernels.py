@@ -79,3 +79,25 @@ def test_kernels_equal_the_eager_reference(fitted_profile, layer_cls, resample):
     (y0, gx0, gw0), (y1, gx1, gw1) = outputs
     assert torch.allclose(y0, y1, rtol=1e-5, atol=1e-5)
     assert torch.allclose(gx0, gx1, rtol=1e-4, atol=1e-5) and torch.allclose(gw0, gw1, rtol=1e-4, atol=1e-5)
+
+
+def test_a_parallel_kernel_call_keeps_torchs_thread_count(monkeypatch):
+    """numba's OpenMP pool can share torch's runtime, and starting it resets the runtime's thread count:
+    the kernel call puts torch's setting back (the reset is simulated: this machine has too few cores)."""
+    before = torch.get_num_threads()
+    kernel = kernels._pairs
+    real_parallel = kernel.parallel
+
+    def resetting_parallel(*args):
+        real_parallel(*args)
+        torch.set_num_threads(1)  # what an OpenMP pool start-up with another thread count does
+
+    monkeypatch.setattr(kernel, "parallel", resetting_parallel)
+    try:
+        torch.set_num_threads(2)
+        w = torch.rand(512, 512)
+        out = kernels.sample_pairs(w, slice(0, 512), torch.ones(512), torch.zeros(1024, dtype=torch.int32),
+                                   torch.rand(2048), 1, 2)
+        assert out.shape == (512, 512) and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
