@@ -188,8 +188,9 @@ def _fine(v, top):  # noqa: ANN001
 # loads in flight), then the arithmetic on the gathered values. Fused into one loop the same work costs ~3x.
 
 @njit(inline="always", cache=_CACHE)
-def _row_levels(w, ui, c0, s, cols, level_of_fine, top):  # noqa: ANN001
+def _row_levels(w, ui, c0, s, cols, level_of_fine):  # noqa: ANN001
     """Level of the active device of each pair of row ``ui`` (columns c0..c0+cols-1, scaled by ``s``)."""
+    top = np.float32(level_of_fine.size - 1)
     fine = np.empty(cols, np.int32)
     for j in range(_U(cols)):
         fine[j] = _fine(w[ui, c0 + j] * s, top)
@@ -202,12 +203,9 @@ def _row_levels(w, ui, c0, s, cols, level_of_fine, top):  # noqa: ANN001
 @_kernel
 def _pairs(w, col0, inv_scale, level_of_fine, read_unit, key, nonce, out):  # noqa: ANN001
     rows, cols = out.shape
-    top = np.float32(level_of_fine.size - 1)
     for i in prange(rows):
-        words = _row_bits(i, cols, nonce, key)
-        ui, c0 = _U(i), _U(col0)
-        s = inv_scale[i]
-        level = _row_levels(w, ui, c0, s, cols, level_of_fine, top)
+        ui, c0, s = _U(i), _U(col0), inv_scale[i]
+        words, level = _row_bits(i, cols, nonce, key), _row_levels(w, ui, c0, s, cols, level_of_fine)
         g_active = np.empty(cols, np.float32)
         g_idle = np.empty(cols, np.float32)
         for j in range(_U(cols)):
@@ -223,12 +221,9 @@ def _pairs(w, col0, inv_scale, level_of_fine, read_unit, key, nonce, out):  # no
 @_kernel
 def _pairs_instance(w, col0, inv_scale, ranks, level_of_fine, programmed_unit, read_noise_unit, key, nonce, out):  # noqa: ANN001
     rows, cols = out.shape
-    top = np.float32(level_of_fine.size - 1)
     for i in prange(rows):
-        words = _row_bits(i, cols, nonce, key)
-        ui, c0 = _U(i), _U(col0)
-        s = inv_scale[i]
-        level = _row_levels(w, ui, c0, s, cols, level_of_fine, top)
+        ui, c0, s = _U(i), _U(col0), inv_scale[i]
+        words, level = _row_bits(i, cols, nonce, key), _row_levels(w, ui, c0, s, cols, level_of_fine)
         for j in range(_U(cols)):
             k = c0 + j
             r = _U(words[j])
