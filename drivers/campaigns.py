@@ -392,20 +392,10 @@ def open_tester(resource: str = "sim", *, preset: str = "rram", seed: int = 0, c
         provenance: dict[str, Any] = {"resource_requested": resource}
         resource_is_sim = resource == "sim"
         if resource_is_sim:
-            from cimcal.drivers.sim.chip import SimChip
-            from cimcal.drivers.sim.server import SimServer
+            from cimcal.drivers.sim.server import SimServer, build_chip
 
-            if config:
-                from cimcal.drivers.sim.config import load_config_with_faults
-                from cimcal.drivers.sim.faults import Faults
-
-                # as `cimcal sim serve --config`: the file's [faults] table applies unless --faults is given
-                chip_config, fault_table = load_config_with_faults(config)
-                chip = SimChip(chip_config, seed=seed)
-                if faults is None and fault_table:
-                    faults = Faults.from_mapping(fault_table)
-            else:
-                chip = SimChip.from_preset(preset, seed=seed)
+            # as `cimcal sim serve --config`: the file's [faults] table applies unless --faults is given
+            chip, faults = build_chip(preset, config or None, seed, faults)
             server = stack.enter_context(SimServer(chip, faults=faults))
             resource = server.resource
             provenance.update(preset=None if config else preset, sim_config=config, seed=seed)

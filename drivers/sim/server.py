@@ -29,7 +29,7 @@ from cimcal.drivers.sim.config import load_config_with_faults
 from cimcal.drivers.sim.faults import FaultCounter, Faults, garble, truncate
 from cimcal.drivers.sim.scpi import MAX_BLOCK_BYTES, Dispatcher, frame_end
 
-__all__ = ["SimServer", "serve", "main", "bind_warning"]
+__all__ = ["SimServer", "build_chip", "serve", "main", "bind_warning"]
 
 log = logging.getLogger(__name__)
 
@@ -241,6 +241,18 @@ class SimServer:
         self.stop()
 
 
+def build_chip(preset: str = "rram", config: str | os.PathLike[str] | None = None, seed: int = 0,
+               faults: Faults | str | None = None) -> tuple[SimChip, Faults | str | None]:
+    """The chip of a ``config`` file (else of ``preset``) and the faults to serve it with: ``faults`` if
+    given, else the config file's ``[faults]`` table (if any)."""
+    if config is None:
+        return SimChip.from_preset(preset, seed=seed), faults
+    chip_config, fault_table = load_config_with_faults(config)
+    if faults is None and fault_table:
+        faults = Faults.from_mapping(fault_table)
+    return SimChip(chip_config, seed=seed), faults
+
+
 def serve(host: str = "127.0.0.1", port: int = 5025, preset: str = "rram",
           config: str | os.PathLike[str] | None = None, seed: int = 0,
           faults: Faults | str | None = None) -> None:
@@ -248,13 +260,8 @@ def serve(host: str = "127.0.0.1", port: int = 5025, preset: str = "rram",
 
     Faults from the argument override a ``[faults]`` table in the config file.
     """
-    if config is not None:
-        chip_config, fault_table = load_config_with_faults(config)
-        chip = SimChip(chip_config, seed=seed)
-        if faults is None and fault_table:
-            faults = Faults.from_mapping(fault_table)
-    else:
-        chip = SimChip.from_preset(preset, seed=seed)
+    chip, faults = build_chip(preset, config, seed, faults)
+
     def announce(server: SimServer) -> None:
         print(f"simulated {chip.config.name} chip (seed {seed}) listening on {server.resource}; "
               "Ctrl-C to stop", file=sys.stderr, flush=True)

@@ -118,7 +118,7 @@ def test_public_names_are_pinned():
         assert getattr(sim, name) is not None
     for module, names in {
         "chip": ["SimChip"],
-        "server": ["SimServer", "serve", "main", "bind_warning"],
+        "server": ["SimServer", "build_chip", "serve", "main", "bind_warning"],
         "faults": ["Faults", "FaultAction", "FaultCounter", "garble", "truncate"],
     }.items():
         assert sorted(importlib.import_module(f"cimcal.drivers.sim.{module}").__all__) == sorted(names)
