@@ -26,11 +26,9 @@ def use_kernels(enabled: bool, *tensors: torch.Tensor) -> bool:
     return enabled and all(t.device.type == "cpu" and t.dtype in kernels.KERNEL_DTYPES for t in tensors)
 
 
-def _bytes(shape: torch.Size | tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _bytes(shape: torch.Size | tuple[int, ...], key: int, nonce: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """The eager path's random bytes (low, high) of each element: the kernels' 16 bits, rows = dim 0."""
-    key, nonce = kernels.draw_key(generator)
-    rows = shape[0]
-    bits = kernels.philox_bits(rows, math.prod(shape[1:]), key, nonce, device).reshape(shape)
+    bits = kernels.philox_bits(shape[0], math.prod(shape[1:]), key, nonce, device).reshape(shape)
     return bits & 255, bits >> 8
 
 
@@ -61,8 +59,8 @@ def sample_unit_weight(
     """Noisy unit weights of every differential pair of the tile ``w[:, cols] * inv_scale[:, None]``:
     programmed conductance plus one read each (``ranks``: the fixed instance's (2, O, K) programming-error
     ranks). Written into ``out`` when given."""
+    key, nonce = kernels.draw_key(generator)
     if use_kernels(compiled, w) and w.is_contiguous():
-        key, nonce = kernels.draw_key(generator)
         if ranks is None:
             return kernels.sample_pairs(w, cols, inv_scale, tables["level_of_fine"], tables["read_unit"], key, nonce, out)
         return kernels.sample_pairs_instance(
@@ -70,7 +68,7 @@ def sample_unit_weight(
             key, nonce, out,
         )
     w_tile = w[:, cols]
-    u_active, u_idle = _bytes(w_tile.shape, generator, w.device)
+    u_active, u_idle = _bytes(w_tile.shape, key, nonce, w.device)
     w_unit = w_tile * inv_scale[:, None]
     if ranks is None:
         noisy = noisy_unit_weight(w_unit, u_active, u_idle, tables["level_of_fine"], tables["read_unit"])
@@ -125,16 +123,16 @@ def tiled_adc_mvm(
     for psum_tile in psum_tiles:
         psum = psum_tile()
         n_out = psum.shape[1]
-        if acc is None:  # per-output constants, once
+        first = acc is None
+        if first:  # per-output constants, once
             col = torch.arange(n_out, device=psum.device) % n_cols
             col_base = (col * (n_points * N_KNOTS)).to(torch.int32)
             deq_gain = adc["deq_gain"][col] * to_unit
             deq_offset = (adc["deq_offset"][col] - center) * to_unit
         stats.append(psum.reshape(-1)[:: max(1, psum.numel() // _STATS_SAMPLES) | 1].clone())
-        first = acc is None
         target = psum if first else acc
+        key, nonce = kernels.draw_key(generator)
         if use_kernels(compiled, psum):
-            key, nonce = kernels.draw_key(generator)
             flat = (psum.shape[0], n_out, -1)
             passes = kernels.adc_convert(
                 target.view(flat), psum.view(flat), not first, col_base, deq_gain, deq_offset, grid_scale, grid_shift,
@@ -142,7 +140,7 @@ def tiled_adc_mvm(
             )
             passes = None if passes is None else passes.view(psum.shape)
         else:
-            knot, grid_byte = _bytes(psum.shape, generator, psum.device)
+            knot, grid_byte = _bytes(psum.shape, key, nonce, psum.device)
             view = (n_out,) + (1,) * (psum.dim() - 2)
             converted, saturated = adc_convert_tile(
                 torch.zeros(()) if first else acc, psum, knot, grid_byte, col_base.view(view), deq_gain.view(view),

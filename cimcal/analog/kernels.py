@@ -142,10 +142,6 @@ class _Kernel:
                 self.serial(*args)
 
 
-def _kernel(fn: Any) -> _Kernel:
-    return _Kernel(fn)
-
-
 def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().numpy()
 
@@ -200,7 +196,7 @@ def _row_levels(w, ui, c0, s, cols, level_of_fine):  # noqa: ANN001
     return level
 
 
-@_kernel
+@_Kernel
 def _pairs(w, col0, inv_scale, level_of_fine, read_unit, key, nonce, out):  # noqa: ANN001
     rows, cols = out.shape
     for i in prange(rows):
@@ -218,7 +214,7 @@ def _pairs(w, col0, inv_scale, level_of_fine, read_unit, key, nonce, out):  # no
             out[ui, j] = (-d if v < np.float32(0.0) else d) + (v - v)
 
 
-@_kernel
+@_Kernel
 def _pairs_instance(w, col0, inv_scale, ranks, level_of_fine, programmed_unit, read_noise_unit, key, nonce, out):  # noqa: ANN001
     rows, cols = out.shape
     for i in prange(rows):
@@ -291,7 +287,7 @@ def _table_index(p, r, cb, grid_scale, grid_shift, interp, last):  # noqa: ANN00
     return cb + point * 256 + (r & 255)
 
 
-@_kernel
+@_Kernel
 def _adc(acc, psum, accumulate, col_base, deq_gain, deq_offset, grid_scale, grid_shift, limit, interp, n_points, codes,  # noqa: ANN001
          key, nonce, passes, want_passes):
     n, n_out, inner = psum.shape
