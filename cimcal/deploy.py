@@ -105,20 +105,14 @@ def _profiled_arrays(profile: Any, n_arrays: int) -> list[int] | None:
     return arrays if arrays and all(0 <= a < n_arrays for a in arrays) else None
 
 
-def _eval_config(analog_config: Any, t_s: float | None) -> Any:
-    from cimcal.train.evaluate import instance_config
-
-    return instance_config(analog_config, t_s)
-
-
 def calibrated_analog_model(model: nn.Module, task: Any, profile: Any, analog_config: Any, *, seed: int = 0,
                             t_s: float | None = None, calib_batches: int = 4, batch_size: int = 256) -> nn.Module:
     """The converted model with the DAC / partial-sum calibration Monte-Carlo evaluation uses (same seed)."""
     from cimcal.analog import analog_layers, convert, new_instance
-    from cimcal.train.evaluate import calibrate_ranges
+    from cimcal.train.evaluate import calibrate_ranges, instance_config
     from cimcal.train.loop import noise_seed
 
-    analog = convert(copy.deepcopy(model), profile, _eval_config(analog_config, t_s))
+    analog = convert(copy.deepcopy(model), profile, instance_config(analog_config, t_s))
     generator = torch.Generator().manual_seed(noise_seed(seed, 0, stream=9))
     for layer in analog_layers(analog):
         layer.generator = generator
@@ -195,14 +189,14 @@ def deploy_model(
     from cimcal.deploy_chip import ChipRunner, chip_model
     from cimcal.deploy_plan import ChipGeometry, plan_deployment
     from cimcal.deploy_state import DeployState
-    from cimcal.train.evaluate import evaluate_model
+    from cimcal.train.evaluate import evaluate_model, instance_config
 
     started = time.perf_counter()
     if split not in ("test", "val"):
         raise ConfigError(f"split must be 'test' or 'val', got {split!r}")
     analog_config = analog_config or AnalogConfig()
     if predicted is None:
-        predicted = evaluate_model(model, task, profile, _eval_config(analog_config, t_s), mc=mc, t_s=t_s,
+        predicted = evaluate_model(model, task, profile, instance_config(analog_config, t_s), mc=mc, t_s=t_s,
                                    seed=seed, split=split)
     analog = calibrated_analog_model(model, task, profile, analog_config, seed=seed, t_s=t_s)
     limits = getattr(tester, "limits", None)
