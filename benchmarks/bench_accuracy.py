@@ -160,26 +160,27 @@ def _margins(rows: list[dict], seeds: list[int]) -> list[str]:
             return ""
         return f"{np.mean(values):+.2f} (per seed: {', '.join(f'{v:+.2f}' for v in values)})"
 
-    def acc(task, method, seed, key="mean"):  # noqa: ANN001, ANN202
-        return 100 * by[task, method, seed][key]
+    def fig(task: str, method: str, seed: int, key: str = "mean") -> float:
+        """A row's figure as printed: accuracy in %, perplexity as is."""
+        row = by[task, method, seed]
+        return 100 * row[key] if row["metric"] == "accuracy" else row[key]
 
     lines = []
     if any(r["task"] == "digits" for r in rows):
         lines += [
             "digits: clean on chip - clean noise-free (need <= -10): "
-            + per_seed("digits", lambda t, s: acc(t, "clean", s) - acc(t, "clean", s, "noise_free")),
+            + per_seed("digits", lambda t, s: fig(t, "clean", s) - fig(t, "clean", s, "noise_free")),
             "digits: STE-LUT - gaussian on chip (target >= +3; paper +5.3): "
-            + per_seed("digits", lambda t, s: acc(t, "ste", s) - acc(t, "gaussian", s)),
+            + per_seed("digits", lambda t, s: fig(t, "ste", s) - fig(t, "gaussian", s)),
             "digits: STE-LUT on chip - clean noise-free (target >= -2): "
-            + per_seed("digits", lambda t, s: acc(t, "ste", s) - acc(t, "clean", s, "noise_free")),
+            + per_seed("digits", lambda t, s: fig(t, "ste", s) - fig(t, "clean", s, "noise_free")),
         ]
     if any(r["task"] == "charlm" for r in rows):
-        ppl = lambda t, m, s, key="mean": by[t, m, s][key]  # noqa: E731
         lines += [
             "charlm: clean perplexity on chip / noise-free - 1 (need >= +20%): "
-            + per_seed("charlm", lambda t, s: 100 * (ppl(t, "clean", s) / ppl(t, "clean", s, "noise_free") - 1)),
+            + per_seed("charlm", lambda t, s: 100 * (fig(t, "clean", s) / fig(t, "clean", s, "noise_free") - 1)),
             "charlm: perplexity gaussian - STE-LUT (target > 0; paper 0.72): "
-            + per_seed("charlm", lambda t, s: ppl(t, "gaussian", s) - ppl(t, "ste", s)),
+            + per_seed("charlm", lambda t, s: fig(t, "gaussian", s) - fig(t, "ste", s)),
         ]
     return lines
 
