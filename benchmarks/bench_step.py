@@ -1,11 +1,11 @@
 """Time per training step: clean vs the extended STE (LUT noise) vs the Gaussian NAT baseline.
 
-    python benchmarks/bench_step.py [--models mlp cnn] [--rounds 7] [--steps 5] [--no-compile]
+    python benchmarks/bench_step.py [--models mlp cnn] [--rounds 45] [--steps 1] [--threads N] [--no-compile]
 
 All ratios come from one run on the same model, batch and profile, with fresh noise every step. The
 methods are interleaved round by round (clean, ste, gaussian, clean, ...) so that load from other
-processes on a shared machine hits them alike; each round times ``--steps`` steps and the figure is the
-median over rounds. Warm-up steps (torch.compile, table building) are excluded. Wall-clock and process CPU
+processes on a shared machine hits them alike; each round times ``--steps`` steps (default one: timings on
+shared machines drift within seconds) and the figure is the median over rounds. Warm-up steps (torch.compile, table building) are excluded. Wall-clock and process CPU
 time are both reported: on a machine shared with other jobs, CPU time is the less noisy of the two.
 """
 
@@ -26,8 +26,8 @@ from bench_setup import METHODS, MODELS, bench_profile, make_step  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=45)
+    parser.add_argument("--steps", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--no-compile", action="store_true", help="eager sampling chains (the fallback)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")

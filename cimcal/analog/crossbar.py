@@ -13,10 +13,13 @@ from collections.abc import Callable
 import torch
 
 from cimcal.analog import kernels
-from cimcal.analog.converters import N_KNOTS, adc_convert_tile
+from cimcal.analog.converters import N_KNOTS, adc_convert_tile, dac_quantize
 from cimcal.analog.mapping import instance_unit_weight, noisy_unit_weight
 
-__all__ = ["tile_slices", "conv_channel_tiles", "sample_unit_weight", "tiled_adc_mvm", "subsample_abs_percentile", "use_kernels"]
+__all__ = [
+    "tile_slices", "conv_channel_tiles", "quantize_inputs", "sample_unit_weight", "tiled_adc_mvm",
+    "subsample_abs_percentile", "use_kernels",
+]
 
 _STATS_SAMPLES = 16384
 
@@ -32,18 +35,34 @@ def _bytes(shape: torch.Size | tuple[int, ...], key: int, nonce: int, device: to
     return bits & 255, bits >> 8
 
 
+def quantize_inputs(x: torch.Tensor, full_scale: float, bits: int, compiled: bool) -> torch.Tensor:
+    """The input DAC (:func:`cimcal.analog.converters.dac_quantize`), in one compiled pass where possible."""
+    if use_kernels(compiled, x) and x.is_contiguous():
+        return kernels.dac_quantize(x, full_scale, bits)
+    return dac_quantize(x, full_scale, bits)
+
+
 def tile_slices(n_rows: int, tile_rows: int) -> list[slice]:
     """Row ranges of the tiles a length-``n_rows`` input is split into."""
     return [slice(start, min(start + tile_rows, n_rows)) for start in range(0, n_rows, tile_rows)]
 
 
 def subsample_abs_percentile(values: torch.Tensor, percentile: float) -> torch.Tensor:
-    """Percentile of ``|values|`` over a strided subsample of at most ~16k entries (cheap, 0-dim)."""
+    """Percentile of ``|values|`` over a strided subsample of at most ~16k entries (cheap, 0-dim): the k-th
+    smallest, NaN ordered last as in ``torch.kthvalue``; one compiled pass over the strided entries for
+    float32 CPU tensors."""
     flat = values.reshape(-1)
     step = max(1, flat.numel() // _STATS_SAMPLES) | 1  # odd stride: visits every column over time
+    n = (flat.numel() + step - 1) // step
+    k = min(n, max(1, int(round(percentile / 100.0 * n))))
+    if use_kernels(True, flat):
+        return torch.tensor(kernels.abs_kth_strided(flat, step, k))
     sample = flat[::step].abs().float()
-    k = min(sample.numel(), max(1, int(round(percentile / 100.0 * sample.numel()))))
-    return sample.kthvalue(k).values
+    # the k-th smallest by a partial selection of the shorter side (faster than kthvalue for the high
+    # percentiles used here; same value, NaN ordered last)
+    if n - k + 1 <= k:
+        return sample.topk(n - k + 1).values[-1]
+    return sample.topk(k, largest=False).values[-1]
 
 
 def sample_unit_weight(
@@ -88,27 +107,39 @@ def conv_channel_tiles(in_channels: int, kernel_cells: int, tile_rows: int) -> l
 
 
 def tiled_adc_mvm(
-    psum_tiles: list[Callable[[], torch.Tensor]],
+    psum_tiles: list[Callable[..., torch.Tensor]],
     adc: dict[str, torch.Tensor] | None,
     adc_geometry: tuple[float, float, float, float, int, bool] | None,
     psum_scale: float,
     generator: torch.Generator | None,
     compiled: bool,
     want_mask: bool,
+    reuse_buffer: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor]]:
     """Sum over tiles of the ADC read-back of each tile's partial sums, in unit space.
 
-    ``psum_tiles[t]()`` computes tile t's partial sums as a new tensor of shape (N, O, ...) with the output
-    (ADC column) index on dim 1 (linear: (N, O); conv: (N, O, H, W)); one tile exists at a time besides the
-    accumulator, which is the first tile's tensor converted in place. Returns (y_unit, bool mask (T, N, O, ...)
-    of the conversions whose gradient passes (not saturated) or None, each tile's partial sums subsampled
-    for calibration statistics).
+    ``psum_tiles[t](out)`` computes tile t's partial sums, shape (N, O, ...) with the output (ADC column)
+    index on dim 1 (linear: (N, O); conv: (N, O, H, W)), as a new tensor when ``out`` is None, else into
+    ``out`` (passed only if ``reuse_buffer``: one buffer serves every tile after the first). One tile exists
+    at a time besides the accumulator, which is the first tile's tensor converted in place. Returns (y_unit,
+    bool mask (T, N, O, ...) of the conversions whose gradient passes (not saturated) or None, each tile's
+    partial sums subsampled for calibration statistics).
     """
     stats: list[torch.Tensor] = []
     acc: torch.Tensor | None = None
+    buffer: torch.Tensor | None = None
+
+    def next_psum(psum_tile: Callable[..., torch.Tensor]) -> torch.Tensor:
+        nonlocal buffer
+        if acc is None or not reuse_buffer:
+            return psum_tile(None)
+        if buffer is None:
+            buffer = torch.empty_like(acc)
+        return psum_tile(buffer)
+
     if adc is None:
         for psum_tile in psum_tiles:
-            psum = psum_tile()
+            psum = next_psum(psum_tile)
             acc = psum if acc is None else acc.add_(psum)
         mask = torch.ones(len(psum_tiles), *acc.shape, dtype=torch.bool) if want_mask else None
         return acc, mask, stats  # an ideal converter never saturates: every gradient passes
@@ -121,7 +152,7 @@ def tiled_adc_mvm(
     n_cols = adc["deq_gain"].numel()
     masks = []
     for psum_tile in psum_tiles:
-        psum = psum_tile()
+        psum = next_psum(psum_tile)
         n_out = psum.shape[1]
         first = acc is None
         if first:  # per-output constants, once

@@ -1,4 +1,5 @@
-"""Compiled kernels of the analog forward (numba): noisy weight pairs and ADC conversions, one pass each.
+"""Compiled kernels of the analog forward (numba): noisy weight pairs and ADC conversions, one pass each
+(plus two small helpers: the input DAC in one pass, and the calibration percentile without a copy).
 
 The forward's cost is random numbers and table gathers, not arithmetic. These kernels draw their random
 bits inside the loop, from Philox2x32-10 (Salmon et al., SC'11, "Parallel random numbers: as easy as
@@ -54,7 +55,7 @@ def _disk_cache_available() -> bool:
 
 _CACHE = _disk_cache_available()
 
-__all__ = ["philox_bits", "draw_key", "sample_pairs", "sample_pairs_instance", "adc_convert", "KERNEL_DTYPES"]
+__all__ = ["philox_bits", "draw_key", "abs_kth_strided", "dac_quantize", "sample_pairs", "sample_pairs_instance", "adc_convert", "KERNEL_DTYPES"]
 
 KERNEL_DTYPES = (torch.float32,)
 
@@ -146,25 +147,92 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().numpy()
 
 
+# ------------------------------------------------------------------------------------------- calibration
+_TOP_MAX = 64
+
+
+@njit(cache=_CACHE)
+def _abs_kth(flat, step, k):  # noqa: ANN001
+    n = (flat.size + step - 1) // step
+    m = n - k + 1  # rank from the top
+    if m > _TOP_MAX:
+        sample = np.empty(n, np.float32)
+        for i in range(n):
+            sample[i] = abs(flat[i * step])
+        return np.partition(sample, k - 1)[k - 1]  # NaN sorts last, as in torch
+    # the m largest in an ascending buffer, one pass; NaN counts as larger than everything (torch's order)
+    top = np.full(m, -np.inf, np.float32)
+    nans = 0
+    for i in range(n):
+        v = abs(flat[i * step])
+        if v != v:
+            nans += 1
+        elif v > top[0]:
+            j = 0
+            while j + 1 < m and top[j + 1] < v:
+                top[j] = top[j + 1]
+                j += 1
+            top[j] = v
+    return np.float32(np.nan) if nans >= m else top[nans]
+
+
+def abs_kth_strided(flat: torch.Tensor, step: int, k: int) -> float:
+    """The k-th smallest (1-based) of ``|flat[::step]|``: one pass over the strided sample, no copies.
+    ``flat`` 1-d float32 CPU."""
+    return float(_abs_kth(_np(flat), step, k))
+
+
+# ------------------------------------------------------------------------------------------- DAC
+@_Kernel
+def _dac(x, scale, q_max, step, out):  # noqa: ANN001
+    n = x.size
+    block = 1 << 14
+    for b in prange((n + block - 1) // block):
+        for i in range(_U(b * block), _U(min(n, (b + 1) * block))):
+            v = min(max(x[i] / scale, np.float32(-1.0)), np.float32(1.0))
+            out[i] = np.rint(v * q_max) * step
+
+
+def dac_quantize(x: torch.Tensor, full_scale: float, bits: int) -> torch.Tensor:
+    """:func:`cimcal.analog.converters.dac_quantize` in one pass (same values): ``x`` float32, contiguous."""
+    q_max = float(2 ** (bits - 1) - 1)
+    out = torch.empty_like(x)
+    _dac(x.numel(), _np(x).reshape(-1), np.float32(full_scale), np.float32(q_max), np.float32(1.0 / q_max), out.numpy().reshape(-1))
+    return out
+
+
 # ------------------------------------------------------------------------------------------- weights
+# Rows are processed in blocks: a block's scratch arrays are allocated once (an allocation per row cost ~1 us,
+# as much as sampling 300 elements).
+_BLOCK_ELEMENTS = 1 << 14
+
+
 @njit(inline="always", cache=_CACHE)
-def _row_bits(row, length, nonce, key):  # noqa: ANN001
-    """The 16-bit random values of one row (padded to 4): a loop with no loads, so it vectorizes."""
-    groups = (length + 3) // 4
-    words = np.empty(groups, np.uint64)
+def _block_rows(rows, length):  # noqa: ANN001
+    """Rows per block (~16k elements, at least 1) and the number of blocks."""
+    per = max(1, _BLOCK_ELEMENTS // max(1, length))
+    return per, (rows + per - 1) // per
+
+
+@njit(inline="always", cache=_CACHE)
+def _fill_row_bits(words, row, nonce, key):  # noqa: ANN001
+    """The 16-bit random values of one row (padded to 4), as 64-bit words into ``words`` (one per 4 elements):
+    a loop with no loads, so it vectorizes."""
+    groups = words.size
     g0 = np.uint64(row) * np.uint64(groups)
     for g in range(groups):
         c = g0 + np.uint64(g)
         words[g] = _philox(c & _MASK, (nonce + (c >> np.uint64(32))) & _MASK, key)
-    return words.view(np.uint16)
 
 
 @njit(cache=_CACHE)
 def _bits(rows, length, nonce, key):  # noqa: ANN001
     """The kernels' random bits of a (rows, length) array (uint16): for the tests against philox_bits."""
     out = np.empty((rows, length), np.uint16)
+    words = np.empty((length + 3) // 4, np.uint64)
     for r in range(rows):
-        out[r] = _row_bits(r, length, nonce, key)[:length]
+        _fill_row_bits(words, r, nonce, key)
+        out[r] = words.view(np.uint16)[:length]
     return out
 
 
@@ -184,51 +252,62 @@ def _fine(v, top):  # noqa: ANN001
 # loads in flight), then the arithmetic on the gathered values. Fused into one loop the same work costs ~3x.
 
 @njit(inline="always", cache=_CACHE)
-def _row_levels(w, ui, c0, s, cols, level_of_fine):  # noqa: ANN001
+def _row_levels(w, ui, c0, s, cols, level_of_fine, fine, level):  # noqa: ANN001
     """Level of the active device of each pair of row ``ui`` (columns c0..c0+cols-1, scaled by ``s``)."""
     top = np.float32(level_of_fine.size - 1)
-    fine = np.empty(cols, np.int32)
     for j in range(_U(cols)):
         fine[j] = _fine(w[ui, c0 + j] * s, top)
-    level = np.empty(cols, np.int32)
     for j in range(_U(cols)):
         level[j] = level_of_fine[_U(fine[j])]
-    return level
 
 
 @_Kernel
 def _pairs(w, col0, inv_scale, level_of_fine, read_unit, key, nonce, out):  # noqa: ANN001
     rows, cols = out.shape
-    for i in prange(rows):
-        ui, c0, s = _U(i), _U(col0), inv_scale[i]
-        words, level = _row_bits(i, cols, nonce, key), _row_levels(w, ui, c0, s, cols, level_of_fine)
+    per, blocks = _block_rows(rows, cols)
+    for blk in prange(blocks):
+        words64 = np.empty((cols + 3) // 4, np.uint64)
+        words = words64.view(np.uint16)
+        fine = np.empty(cols, np.int32)
+        level = np.empty(cols, np.int32)
         g_active = np.empty(cols, np.float32)
         g_idle = np.empty(cols, np.float32)
-        for j in range(_U(cols)):
-            r = _U(words[j])
-            g_active[j] = read_unit[_U(level[j]) * _U(256) + (r & _U(255))]
-            g_idle[j] = read_unit[r >> _U(8)]
-        for j in range(_U(cols)):
-            v = w[ui, c0 + j] * s
-            d = g_active[j] - g_idle[j]
-            out[ui, j] = (-d if v < np.float32(0.0) else d) + (v - v)
+        for i in range(blk * per, min(rows, (blk + 1) * per)):
+            ui, c0, s = _U(i), _U(col0), inv_scale[i]
+            _fill_row_bits(words64, i, nonce, key)
+            _row_levels(w, ui, c0, s, cols, level_of_fine, fine, level)
+            for j in range(_U(cols)):
+                r = _U(words[j])
+                g_active[j] = read_unit[_U(level[j]) * _U(256) + (r & _U(255))]
+                g_idle[j] = read_unit[r >> _U(8)]
+            for j in range(_U(cols)):
+                v = w[ui, c0 + j] * s
+                d = g_active[j] - g_idle[j]
+                out[ui, j] = (-d if v < np.float32(0.0) else d) + (v - v)
 
 
 @_Kernel
 def _pairs_instance(w, col0, inv_scale, ranks, level_of_fine, programmed_unit, read_noise_unit, key, nonce, out):  # noqa: ANN001
     rows, cols = out.shape
-    for i in prange(rows):
-        ui, c0, s = _U(i), _U(col0), inv_scale[i]
-        words, level = _row_bits(i, cols, nonce, key), _row_levels(w, ui, c0, s, cols, level_of_fine)
-        for j in range(_U(cols)):
-            k = c0 + j
-            r = _U(words[j])
-            row = _U(level[j]) * _U(256)
-            g_active = programmed_unit[row + _U(ranks[0, ui, k])] + read_noise_unit[row + (r & _U(255))]
-            g_idle = programmed_unit[_U(ranks[1, ui, k])] + read_noise_unit[r >> _U(8)]
-            d = g_active - g_idle
-            v = w[ui, k] * s
-            out[ui, j] = (-d if v < np.float32(0.0) else d) + (v - v)
+    per, blocks = _block_rows(rows, cols)
+    for blk in prange(blocks):
+        words64 = np.empty((cols + 3) // 4, np.uint64)
+        words = words64.view(np.uint16)
+        fine = np.empty(cols, np.int32)
+        level = np.empty(cols, np.int32)
+        for i in range(blk * per, min(rows, (blk + 1) * per)):
+            ui, c0, s = _U(i), _U(col0), inv_scale[i]
+            _fill_row_bits(words64, i, nonce, key)
+            _row_levels(w, ui, c0, s, cols, level_of_fine, fine, level)
+            for j in range(_U(cols)):
+                k = c0 + j
+                r = _U(words[j])
+                row = _U(level[j]) * _U(256)
+                g_active = programmed_unit[row + _U(ranks[0, ui, k])] + read_noise_unit[row + (r & _U(255))]
+                g_idle = programmed_unit[_U(ranks[1, ui, k])] + read_noise_unit[r >> _U(8)]
+                d = g_active - g_idle
+                v = w[ui, k] * s
+                out[ui, j] = (-d if v < np.float32(0.0) else d) + (v - v)
 
 
 def _tile_out(w: torch.Tensor, cols: slice, out: torch.Tensor | None) -> torch.Tensor:
@@ -287,46 +366,59 @@ def _table_index(p, r, cb, grid_scale, grid_shift, interp, last):  # noqa: ANN00
     return cb + point * 256 + (r & 255)
 
 
+@njit(inline="always", cache=_CACHE)
+def _adc_row(acc, psum, ua, accumulate, col_base, deq_gain, deq_offset, grid_scale, grid_shift, limit, interp, last,  # noqa: ANN001
+             codes, passes, want_passes, words, index, code):
+    """Convert row ``ua`` of psum (its random bits in ``words``; ``index`` and ``code`` are scratch)."""
+    _, n_out, inner = psum.shape
+    row = n_out * inner
+    if inner == 1:  # linear layers: flat loops (a nested loop of length 1 costs 3x)
+        for j in range(_U(n_out)):
+            index[j] = _table_index(psum[ua, j, 0], np.int32(words[j]), col_base[j], grid_scale, grid_shift, interp, last)
+    else:
+        for j in range(_U(n_out)):
+            cb = col_base[j]
+            for b in range(_U(inner)):
+                q = j * _U(inner) + b
+                index[q] = _table_index(psum[ua, j, b], np.int32(words[q]), cb, grid_scale, grid_shift, interp, last)
+    for q in range(_U(row)):
+        code[q] = np.float32(codes[_U(index[q])])
+    if inner == 1 and not want_passes:  # the training hot path: branch-free loops
+        if accumulate:
+            for j in range(_U(n_out)):
+                p = psum[ua, j, 0]
+                acc[ua, j, 0] += code[j] * deq_gain[j] + deq_offset[j] + (p - p)
+        else:
+            for j in range(_U(n_out)):
+                p = psum[ua, j, 0]
+                acc[ua, j, 0] = code[j] * deq_gain[j] + deq_offset[j] + (p - p)
+        return
+    for j in range(_U(n_out)):
+        gain, offset = deq_gain[j], deq_offset[j]
+        for b in range(_U(inner)):
+            p = psum[ua, j, b]
+            value = code[j * _U(inner) + b] * gain + offset + (p - p)
+            if want_passes:
+                passes[ua, j, b] = abs(p) <= limit
+            acc[ua, j, b] = acc[ua, j, b] + value if accumulate else value
+
+
 @_Kernel
 def _adc(acc, psum, accumulate, col_base, deq_gain, deq_offset, grid_scale, grid_shift, limit, interp, n_points, codes,  # noqa: ANN001
          key, nonce, passes, want_passes):
     n, n_out, inner = psum.shape
     last = np.int32(n_points - 1)
     row = n_out * inner
-    for a in prange(n):
-        words = _row_bits(a, row, nonce, key)
-        ua = _U(a)
+    per, blocks = _block_rows(n, row)
+    for blk in prange(blocks):
+        words64 = np.empty((row + 3) // 4, np.uint64)
+        words = words64.view(np.uint16)
         index = np.empty(row, np.int32)
-        if inner == 1:  # linear layers: flat loops (a nested loop of length 1 costs 3x)
-            for j in range(_U(n_out)):
-                index[j] = _table_index(psum[ua, j, 0], np.int32(words[j]), col_base[j], grid_scale, grid_shift, interp, last)
-        else:
-            for j in range(_U(n_out)):
-                cb = col_base[j]
-                for b in range(_U(inner)):
-                    q = j * _U(inner) + b
-                    index[q] = _table_index(psum[ua, j, b], np.int32(words[q]), cb, grid_scale, grid_shift, interp, last)
         code = np.empty(row, np.float32)
-        for q in range(_U(row)):
-            code[q] = np.float32(codes[_U(index[q])])
-        if inner == 1 and not want_passes:  # the training hot path: branch-free loops
-            if accumulate:
-                for j in range(_U(n_out)):
-                    p = psum[ua, j, 0]
-                    acc[ua, j, 0] += code[j] * deq_gain[j] + deq_offset[j] + (p - p)
-            else:
-                for j in range(_U(n_out)):
-                    p = psum[ua, j, 0]
-                    acc[ua, j, 0] = code[j] * deq_gain[j] + deq_offset[j] + (p - p)
-            continue
-        for j in range(_U(n_out)):
-            gain, offset = deq_gain[j], deq_offset[j]
-            for b in range(_U(inner)):
-                p = psum[ua, j, b]
-                value = code[j * _U(inner) + b] * gain + offset + (p - p)
-                if want_passes:
-                    passes[ua, j, b] = abs(p) <= limit
-                acc[ua, j, b] = acc[ua, j, b] + value if accumulate else value
+        for a in range(blk * per, min(n, (blk + 1) * per)):
+            _fill_row_bits(words64, a, nonce, key)
+            _adc_row(acc, psum, _U(a), accumulate, col_base, deq_gain, deq_offset, grid_scale, grid_shift, limit, interp,
+                     last, codes, passes, want_passes, words, index, code)
 
 
 def adc_convert(

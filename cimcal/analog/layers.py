@@ -25,9 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from cimcal.analog.config import AnalogConfig
-from cimcal.analog.converters import AdcTables, build_adc_tables, dac_quantize, pack_bits
+from cimcal.analog.converters import AdcTables, build_adc_tables, pack_bits
 from cimcal.analog.crossbar import (
     conv_channel_tiles,
+    quantize_inputs,
     sample_unit_weight,
     subsample_abs_percentile,
     tile_slices,
@@ -187,7 +188,8 @@ class AnalogLayer:
     def _weight_tiles(self, w2d: torch.Tensor, materialize: bool) -> tuple[torch.Tensor, Any, torch.Tensor | None]:
         """(w_max per output, weight_tile(rows) -> noisy unit weights of a tile, the full noisy matrix or None).
 
-        Unless ``materialize``, each call samples that tile afresh and only one tile exists at a time.
+        Unless ``materialize``, each call samples that tile afresh into one buffer shared by the tiles (a tile's
+        weights are dead once its partial sums exist)
         """
         cfg = self.config
         # max|w| per row without a weight-sized abs() temporary (amax + amin: 2x faster than abs().amax(),
@@ -205,18 +207,22 @@ class AnalogLayer:
             return sample_unit_weight(w2d, rows, inv_scale, cond, ranks, self.generator, cfg.compile, out)
 
         if not materialize:
-            return w_max, weight_tile, None
+            buffer = torch.empty(w2d.shape[0] * min(cfg.tile_rows, w2d.shape[1]), dtype=w2d.dtype, device=w2d.device)
+            return w_max, (lambda rows: weight_tile(rows, buffer[: w2d.shape[0] * (rows.stop - rows.start)].view(w2d.shape[0], -1))), None
         full = torch.empty_like(w2d)
         for rows in tile_slices(w2d.shape[1], cfg.tile_rows):
             weight_tile(rows, full[:, rows])
         return w_max, (lambda rows: full[:, rows]), full
 
-    def _convert(self, psum_tiles: list[Any]) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor]]:
+    def _convert(
+        self, psum_tiles: list[Any], reuse_buffer: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor]]:
         cfg = self.config
         adc = self._tables("adc_", ("codes", "deq_offset", "deq_gain", "sigma_lsb"))
         psum_scale = self._psum_scale(psum_tiles) if adc is not None else 1.0
         return tiled_adc_mvm(
-            psum_tiles, adc, self.adc_geometry, psum_scale, self.generator, cfg.compile, cfg.adc_grad == "saturation_mask"
+            psum_tiles, adc, self.adc_geometry, psum_scale, self.generator, cfg.compile,
+            cfg.adc_grad == "saturation_mask", reuse_buffer,
         )
 
     def _update_psum_scale(self, stats: list[torch.Tensor]) -> None:
@@ -233,12 +239,13 @@ class AnalogLayer:
         cfg = self.config
         noisy = cfg.grad_x_weight == "noisy"
         full_scale = self._input_full_scale(x2d)
-        xq = dac_quantize(x2d, full_scale, cfg.dac_bits)
+        xq = quantize_inputs(x2d, full_scale, cfg.dac_bits, cfg.compile)
         w_max, weight_tile, full = self._weight_tiles(w2d, materialize=noisy)
         psum_tiles = [
-            (lambda rows=rows: xq[:, rows] @ weight_tile(rows).T) for rows in tile_slices(x2d.shape[1], cfg.tile_rows)
+            (lambda out=None, rows=rows: torch.mm(xq[:, rows], weight_tile(rows).T, out=out))
+            for rows in tile_slices(x2d.shape[1], cfg.tile_rows)
         ]
-        y_unit, mask, stats = self._convert(psum_tiles)
+        y_unit, mask, stats = self._convert(psum_tiles, reuse_buffer=True)
         self._update_psum_scale(stats)
         mask = None if mask is None else pack_bits(mask)
         return y_unit.mul_(w_max * full_scale), mask, (full * w_max[:, None] if noisy else None)
@@ -263,9 +270,10 @@ class AnalogLayer:
         scale = (w_max * full_scale).view(1, -1, 1, 1)
         masks, stats = [], []
         for start in range(0, n, per_chunk):
-            xq = dac_quantize(x[start : start + per_chunk], full_scale, cfg.dac_bits)
+            xq = quantize_inputs(x[start : start + per_chunk], full_scale, cfg.dac_bits, cfg.compile)
             psum_tiles = [
-                (lambda cs=cs, xq=xq: F.conv2d(xq[:, cs], wn[:, cs], None, stride, padding, dilation)) for cs in groups
+                (lambda out=None, cs=cs, xq=xq: F.conv2d(xq[:, cs], wn[:, cs], None, stride, padding, dilation))
+                for cs in groups
             ]
             y_unit, mask, chunk_stats = self._convert(psum_tiles)
             y[start : start + per_chunk] = y_unit.mul_(scale)

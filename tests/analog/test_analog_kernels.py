@@ -101,3 +101,63 @@ def test_a_parallel_kernel_call_keeps_torchs_thread_count(monkeypatch):
         assert out.shape == (512, 512) and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_large_calls_run_in_blocks_and_equal_the_eager_reference(fitted_profile):
+    """Calls above the parallel threshold, several rows per scratch block: same values as the torch path."""
+    from cimcal.analog.crossbar import sample_unit_weight, tiled_adc_mvm
+    from cimcal.analog.layers import profile_tables
+
+    assert 700 * 150 >= kernels._Kernel.PARALLEL_MIN
+    cond, adc = profile_tables(fitted_profile, None)
+    tables = {name: getattr(cond, name) for name in ("level_of_fine", "read_unit", "programmed_unit", "read_noise_unit")}
+    w = torch.randn(700, 400, generator=torch.Generator().manual_seed(3))
+    inv_scale = 1.0 / w.abs().amax(dim=1)
+    weights = [sample_unit_weight(w, slice(100, 250), inv_scale, tables, None, torch.Generator().manual_seed(4), compiled, None)
+               for compiled in (False, True)]
+    assert torch.equal(weights[0], weights[1])
+
+    psum = torch.randn(300, 700, generator=torch.Generator().manual_seed(5)) * 0.5
+    codes = {"codes": adc.codes, "deq_offset": adc.deq_offset, "deq_gain": adc.deq_gain, "sigma_lsb": adc.sigma_lsb}
+    geometry = (adc.x_lo, adc.x_hi, adc.grid_x0, adc.grid_step, adc.n_points, adc.interpolate)
+    converted = [
+        tiled_adc_mvm([lambda out=None: psum.clone(), lambda out=None: psum.flip(0) if out is None else out.copy_(psum.flip(0))],
+                      codes, geometry, 1.0, torch.Generator().manual_seed(6), compiled, want_mask=True, reuse_buffer=True)
+        for compiled in (False, True)
+    ]
+    assert torch.allclose(converted[0][0], converted[1][0], rtol=1e-6, atol=1e-6)
+    assert torch.equal(converted[0][1], converted[1][1])
+
+
+def test_dac_kernel_equals_the_torch_quantizer():
+    from cimcal.analog.converters import dac_quantize
+
+    x = torch.randn(400, 300, generator=torch.Generator().manual_seed(0)) * 2
+    x[0, :5] = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0, -0.0])
+    for full_scale, bits in ((2.0, 8), (0.37, 4), (1.7, 2)):
+        q_max = 2 ** (bits - 1) - 1
+        halfway = (torch.arange(-q_max, q_max).float() + 0.5) / q_max * full_scale  # round half to even in both
+        for values in (x, halfway):
+            ref, got = dac_quantize(values, full_scale, bits), kernels.dac_quantize(values, full_scale, bits)
+            assert torch.equal(ref.nan_to_num(7.0), got.nan_to_num(7.0))
+            assert torch.equal(ref.isnan(), got.isnan())
+
+
+@pytest.mark.parametrize("percentile", [0.0, 50.0, 99.0, 99.9, 100.0])
+@pytest.mark.parametrize("nan_share", [0.0, 0.0005, 0.5])
+def test_percentile_kernel_equals_kthvalue(percentile, nan_share):
+    """Both branches (a top-m buffer for high percentiles, a partition otherwise), NaN ordered last as in torch."""
+    from cimcal.analog.crossbar import subsample_abs_percentile
+
+    gen = torch.Generator().manual_seed(1)
+    for n in (7, 5000, 300_000):
+        values = torch.randn(n, generator=gen)
+        values[torch.rand(n, generator=gen) < nan_share] = float("nan")
+        flat = values.reshape(-1)
+        step = max(1, n // 16384) | 1
+        sample = flat[::step].abs()
+        k = min(sample.numel(), max(1, int(round(percentile / 100.0 * sample.numel()))))
+        expected = sample.kthvalue(k).values
+        for given in (values, values.double()):  # the kernel, and the torch path (float64 is not a kernel dtype)
+            got = subsample_abs_percentile(given, percentile).float()
+            assert torch.equal(got, expected) or (bool(got.isnan()) and bool(expected.isnan()))
