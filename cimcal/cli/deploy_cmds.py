@@ -81,7 +81,7 @@ def deploy(checkpoint, profile, resource, task, preset, chip_seed, mc, eval_seed
 @click.command()
 @click.option("--workdir", default="cimcal-demo", show_default=True, type=click.Path(file_okay=False),
               help="Directory for every output (tables, profile, models, report.html).")
-@click.option("--preset", default="rram", show_default=True, help="Simulated chip preset (rram, pcm).")
+@click.option("--preset", default="rram", show_default=True, help="Simulated chip preset (rram, rram-inl, pcm).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Chip, split, init and noise seed.")
 @click.option("--quick", is_flag=True, help="Reduced size (small campaigns and model, few epochs): a smoke run.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Training epochs (default 20; quick 3).")

@@ -191,7 +191,7 @@ def sim() -> None:
 @sim.command(name="serve", help="Serve the simulated chip over SCPI/TCP (Ctrl-C or SIGTERM stops it).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
 @click.option("--port", default=5025, show_default=True, type=int, help="TCP port (0 = any free port).")
-@click.option("--preset", default="rram", show_default=True, help="Chip preset (rram, pcm).")
+@click.option("--preset", default="rram", show_default=True, help="Chip preset (rram, rram-inl, pcm).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, exists=True), help="Chip TOML config.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Chip seed.")
 @click.option("--faults", default=None, help="Fault injection, e.g. 'drop_after=5,delay_s=2'.")

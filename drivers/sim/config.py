@@ -26,7 +26,7 @@ else:  # pragma: no cover - exercised on 3.10 only
 
 __all__ = ["SimConfig", "PRESETS", "load_preset", "load_config", "load_config_with_faults"]
 
-PRESETS = ("rram", "pcm")
+PRESETS = ("rram", "rram-inl", "pcm")
 
 
 @dataclass(frozen=True)
@@ -192,9 +192,15 @@ def _preset_table(name: str) -> dict[str, Any]:
 
 
 def load_preset(name: str) -> SimConfig:
-    """The named preset (``"rram"`` or ``"pcm"``) as a validated SimConfig."""
+    """The named preset (one of ``PRESETS``) as a validated SimConfig. A preset may name another as its
+    ``base`` and override some of its keys, as config files do."""
     flat, _ = _flatten(_preset_table(name), f"preset {name}")
-    return _coerce(flat, SimConfig(), f"preset {name}")
+    base = SimConfig()
+    if "base" in flat:
+        if flat["base"] == name:
+            raise ConfigError(f"preset {name}: a preset cannot be its own base")
+        base = load_preset(flat["base"])
+    return _coerce(flat, base, f"preset {name}")
 
 
 def load_config_with_faults(path: str | os.PathLike[str]) -> tuple[SimConfig, dict[str, Any]]:

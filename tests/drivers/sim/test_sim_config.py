@@ -28,6 +28,11 @@ def test_presets_differ_where_the_devices_differ():
     assert pcm.drift_nu_mean > 5 * rram.drift_nu_mean
 
 
+def test_a_preset_can_build_on_another():
+    """rram-inl is the rram chip with a strongly bowed ADC transfer curve, nothing else."""
+    assert load_preset("rram-inl") == dataclasses.replace(load_preset("rram"), name="rram-inl", adc_inl_bow_sigma_lsb=25.0)
+
+
 def test_config_file_overrides_a_preset_base(tmp_path):
     path = tmp_path / "chip.toml"
     path.write_text('base = "pcm"\n[array]\nn_arrays = 2\nrows = 64\n[faults]\ndrop_after = 3\n')
