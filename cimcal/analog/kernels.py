@@ -225,14 +225,21 @@ def _fill_row_bits(words, row, nonce, key):  # noqa: ANN001
         words[g] = _philox(c & _MASK, (nonce + (c >> np.uint64(32))) & _MASK, key)
 
 
+@njit(inline="always", cache=_CACHE)
+def _words(length):  # noqa: ANN001
+    """Scratch for one row's random bits as 64-bit words (``.view(np.uint16)``: one value per element)."""
+    return np.empty((length + 3) // 4, np.uint64)
+
+
 @njit(cache=_CACHE)
 def _bits(rows, length, nonce, key):  # noqa: ANN001
     """The kernels' random bits of a (rows, length) array (uint16): for the tests against philox_bits."""
     out = np.empty((rows, length), np.uint16)
-    words = np.empty((length + 3) // 4, np.uint64)
+    words64 = _words(length)
+    words = words64.view(np.uint16)
     for r in range(rows):
-        _fill_row_bits(words, r, nonce, key)
-        out[r] = words.view(np.uint16)[:length]
+        _fill_row_bits(words64, r, nonce, key)
+        out[r] = words[:length]
     return out
 
 
@@ -266,10 +273,8 @@ def _pairs(w, col0, inv_scale, level_of_fine, read_unit, key, nonce, out):  # no
     rows, cols = out.shape
     per, blocks = _block_rows(rows, cols)
     for blk in prange(blocks):
-        words64 = np.empty((cols + 3) // 4, np.uint64)
+        words64, fine, level = _words(cols), np.empty(cols, np.int32), np.empty(cols, np.int32)
         words = words64.view(np.uint16)
-        fine = np.empty(cols, np.int32)
-        level = np.empty(cols, np.int32)
         g_active = np.empty(cols, np.float32)
         g_idle = np.empty(cols, np.float32)
         for i in range(blk * per, min(rows, (blk + 1) * per)):
@@ -291,10 +296,8 @@ def _pairs_instance(w, col0, inv_scale, ranks, level_of_fine, programmed_unit, r
     rows, cols = out.shape
     per, blocks = _block_rows(rows, cols)
     for blk in prange(blocks):
-        words64 = np.empty((cols + 3) // 4, np.uint64)
+        words64, fine, level = _words(cols), np.empty(cols, np.int32), np.empty(cols, np.int32)
         words = words64.view(np.uint16)
-        fine = np.empty(cols, np.int32)
-        level = np.empty(cols, np.int32)
         for i in range(blk * per, min(rows, (blk + 1) * per)):
             ui, c0, s = _U(i), _U(col0), inv_scale[i]
             _fill_row_bits(words64, i, nonce, key)
@@ -411,10 +414,8 @@ def _adc(acc, psum, accumulate, col_base, deq_gain, deq_offset, grid_scale, grid
     row = n_out * inner
     per, blocks = _block_rows(n, row)
     for blk in prange(blocks):
-        words64 = np.empty((row + 3) // 4, np.uint64)
+        words64, index, code = _words(row), np.empty(row, np.int32), np.empty(row, np.float32)
         words = words64.view(np.uint16)
-        index = np.empty(row, np.int32)
-        code = np.empty(row, np.float32)
         for a in range(blk * per, min(n, (blk + 1) * per)):
             _fill_row_bits(words64, a, nonce, key)
             _adc_row(acc, psum, _U(a), accumulate, col_base, deq_gain, deq_offset, grid_scale, grid_shift, limit, interp,
