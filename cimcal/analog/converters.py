@@ -23,7 +23,7 @@ import torch
 
 from cimcal.errors import ProfileError
 
-__all__ = ["AdcTables", "build_adc_tables", "dac_quantize", "adc_convert_tile", "pack_bits", "unpack_bits"]
+__all__ = ["AdcTables", "build_adc_tables", "adc_columns", "dac_quantize", "adc_convert_tile", "pack_bits", "unpack_bits"]
 
 N_KNOTS = 256
 _MAX_TABLE_SAMPLES = 1 << 21
@@ -124,6 +124,18 @@ def build_adc_tables(adc: Any, generator: torch.Generator | None = None) -> AdcT
         deq_gain=torch.tensor(gains, dtype=torch.float32),
         sigma_lsb=sigma.float().contiguous(),
     )
+
+
+def adc_columns(adc: AdcTables, n_out: int) -> dict[str, torch.Tensor]:
+    """Per-output constants of a layer with ``n_out`` outputs (output j is served by column ``j mod C``):
+    ``col_base`` int32 offset of its column in ``codes``; ``col_gain``, ``col_offset`` the read-back
+    ``input ~= col_offset + center + col_gain * code`` (offset relative to the input range's centre)."""
+    col = torch.arange(n_out) % adc.deq_gain.numel()
+    return {
+        "col_base": (col * (adc.n_points * N_KNOTS)).to(torch.int32),
+        "col_gain": adc.deq_gain[col],
+        "col_offset": adc.deq_offset[col] - 0.5 * (adc.x_hi + adc.x_lo),
+    }
 
 
 def dac_quantize(x: torch.Tensor, full_scale: torch.Tensor | float, bits: int) -> torch.Tensor:

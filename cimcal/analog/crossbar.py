@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 
 from cimcal.analog import kernels
-from cimcal.analog.converters import N_KNOTS, adc_convert_tile, dac_quantize
+from cimcal.analog.converters import adc_convert_tile, dac_quantize
 from cimcal.analog.mapping import instance_unit_weight, noisy_unit_weight
 
 __all__ = [
@@ -121,7 +121,9 @@ def tiled_adc_mvm(
     ``psum_tiles[t](out)`` computes tile t's partial sums, shape (N, O, ...) with the output (ADC column)
     index on dim 1 (linear: (N, O); conv: (N, O, H, W)), as a new tensor when ``out`` is None, else into
     ``out`` (passed only if ``reuse_buffer``: one buffer serves every tile after the first). One tile exists
-    at a time besides the accumulator, which is the first tile's tensor converted in place. Returns (y_unit,
+    at a time besides the accumulator, which is the first tile's tensor converted in place. ``adc``: the code
+    table ``codes`` and the layer's per-output constants (:func:`cimcal.analog.converters.adc_columns`), or
+    None for an ideal converter. Returns (y_unit,
     bool mask (T, N, O, ...) of the conversions whose gradient passes (not saturated) or None, each tile's
     partial sums subsampled for calibration statistics).
     """
@@ -149,17 +151,15 @@ def tiled_adc_mvm(
     grid_scale = half / (psum_scale * grid_step)
     grid_shift = (center - grid_x0) / grid_step
     to_unit = psum_scale / half  # ADC input range [x_lo, x_hi] <-> partial sums [-psum_scale, psum_scale]
-    n_cols = adc["deq_gain"].numel()
     masks = []
     for psum_tile in psum_tiles:
         psum = next_psum(psum_tile)
         n_out = psum.shape[1]
         first = acc is None
-        if first:  # per-output constants, once
-            col = torch.arange(n_out, device=psum.device) % n_cols
-            col_base = (col * (n_points * N_KNOTS)).to(torch.int32)
-            deq_gain = adc["deq_gain"][col] * to_unit
-            deq_offset = (adc["deq_offset"][col] - center) * to_unit
+        if first:  # per-output read-back straight to unit partial sums, once
+            col_base = adc["col_base"]
+            deq_gain = adc["col_gain"] * to_unit
+            deq_offset = adc["col_offset"] * to_unit
         stats.append(psum.reshape(-1)[:: max(1, psum.numel() // _STATS_SAMPLES) | 1].clone())
         target = psum if first else acc
         key, nonce = kernels.draw_key(generator)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cimcal.analog.config import AnalogConfig
-from cimcal.analog.converters import AdcTables, build_adc_tables, pack_bits
+from cimcal.analog.converters import AdcTables, adc_columns, build_adc_tables, pack_bits
 from cimcal.analog.crossbar import (
     conv_channel_tiles,
     quantize_inputs,
@@ -125,6 +125,9 @@ class AnalogLayer:
         for name in ("codes", "deq_offset", "deq_gain", "sigma_lsb"):
             value = None if adc is None else getattr(adc, name).to(device)
             self.register_buffer(f"adc_{name}", value, persistent=False)
+        columns = None if adc is None else adc_columns(adc, self.weight.shape[0])
+        for name in ("col_base", "col_gain", "col_offset"):
+            self.register_buffer(f"adc_{name}", None if columns is None else columns[name].to(device), persistent=False)
         self.register_buffer("instance_ranks", None, persistent=False)
         if config.resample == "fixed_instance" and cond is not None:
             self.new_instance()
@@ -162,11 +165,10 @@ class AnalogLayer:
         return self.training or self.calibrating
 
     def _running_update(self, buffer: torch.Tensor, value: torch.Tensor) -> None:
-        value = value.clamp_min(1e-12)
-        if float(buffer) <= 0:
-            buffer.copy_(value)
-        else:
-            buffer.lerp_(value.to(buffer.dtype), self.config.calib_momentum)
+        """Fold ``value`` (0-dim) into a running calibration buffer: the first value sets it, later ones move it
+        by ``calib_momentum`` (exponential moving average). Scalar arithmetic: one tensor op, not five."""
+        new, old = max(float(value), 1e-12), float(buffer)
+        buffer.fill_(new if old <= 0 else old + self.config.calib_momentum * (new - old))
 
     def _input_full_scale(self, x2d: torch.Tensor) -> float:
         if self.config.input_range is not None:
@@ -218,7 +220,7 @@ class AnalogLayer:
         self, psum_tiles: list[Any], reuse_buffer: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor]]:
         cfg = self.config
-        adc = self._tables("adc_", ("codes", "deq_offset", "deq_gain", "sigma_lsb"))
+        adc = self._tables("adc_", ("codes", "col_base", "col_gain", "col_offset"))
         psum_scale = self._psum_scale(psum_tiles) if adc is not None else 1.0
         return tiled_adc_mvm(
             psum_tiles, adc, self.adc_geometry, psum_scale, self.generator, cfg.compile,

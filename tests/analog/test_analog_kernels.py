@@ -105,6 +105,7 @@ def test_a_parallel_kernel_call_keeps_torchs_thread_count(monkeypatch):
 
 def test_large_calls_run_in_blocks_and_equal_the_eager_reference(fitted_profile):
     """Calls above the parallel threshold, several rows per scratch block: same values as the torch path."""
+    from cimcal.analog.converters import adc_columns
     from cimcal.analog.crossbar import sample_unit_weight, tiled_adc_mvm
     from cimcal.analog.layers import profile_tables
 
@@ -118,7 +119,7 @@ def test_large_calls_run_in_blocks_and_equal_the_eager_reference(fitted_profile)
     assert torch.equal(weights[0], weights[1])
 
     psum = torch.randn(300, 700, generator=torch.Generator().manual_seed(5)) * 0.5
-    codes = {"codes": adc.codes, "deq_offset": adc.deq_offset, "deq_gain": adc.deq_gain, "sigma_lsb": adc.sigma_lsb}
+    codes = {"codes": adc.codes} | adc_columns(adc, psum.shape[1])
     geometry = (adc.x_lo, adc.x_hi, adc.grid_x0, adc.grid_step, adc.n_points, adc.interpolate)
     converted = [
         tiled_adc_mvm([lambda out=None: psum.clone(), lambda out=None: psum.flip(0) if out is None else out.copy_(psum.flip(0))],
