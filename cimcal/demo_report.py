@@ -46,12 +46,13 @@ def results_html(result: Any, table_text: str) -> str:
     from cimcal.demo import METHOD_LABELS
     from cimcal.report.plots import png_bytes
 
-    head = ["method", "predicted accuracy (%)", "on-chip accuracy (%)", "gap (points)", "noise-free (%)",
-            "training time (s)", "peak memory (MiB)"]
+    head = ["method", "predicted accuracy (%)", "on-chip accuracy (%)", "gap (points)",
+            "chip rank among simulated instances (%)", "noise-free (%)", "training time (s)", "peak memory (MiB)"]
     body = []
     for r in result.rows:
         cells = [METHOD_LABELS.get(r.method, r.method), f"{100 * r.predicted:.2f} ± {100 * r.predicted_std:.2f}",
-                 f"{100 * r.on_chip:.2f}", f"{100 * r.gap:+.2f}", f"{100 * r.noise_free:.2f}", f"{r.train_s:.1f}",
+                 f"{100 * r.on_chip:.2f}", f"{100 * r.gap:+.2f}",
+                 "-" if r.on_chip_rank is None else f"{100 * r.on_chip_rank:.0f}", f"{100 * r.noise_free:.2f}", f"{r.train_s:.1f}",
                  f"{r.peak_mib:.1f}"]
         body.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
     table = ("<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr></thead><tbody>"

@@ -57,6 +57,9 @@ def test_demo_quick_runs_the_whole_loop_and_writes_the_report(tmp_path, capsys):
     assert [row["method"] for row in results["rows"]] == ["clean", "gaussian", "ste"]
     assert results["validation_passed"] is True
     assert all(0.0 <= row["on_chip"] <= 1.0 for row in results["rows"])
+    # 3 simulated instances in the quick run: the chip matched or beat 0, 1, 2 or 3 of them
+    assert all(row["on_chip_rank"] in (0.0, 1 / 3, 2 / 3, 1.0) for row in results["rows"])
+    assert "rank: share of the simulated chip instances" in out
 
 
 @pytest.mark.slow
