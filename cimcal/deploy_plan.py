@@ -238,15 +238,13 @@ def _layer_plan(name: str, layer: Any, profile: Any, geometry: ChipGeometry, sor
     g_min, g_max = layer.g_range_us
     psum_scale = float(layer.psum_scale_)
     gain = half / (psum_scale * (g_max - g_min) * v_fs)
-    n_tables = layer.adc_deq_gain.numel()
-    table = torch.arange(n_out) % n_tables  # the layer's own output -> ADC table assignment
     to_unit = psum_scale / half
     plan = LayerPlan(
         name=name, n_in=n_in, n_out=n_out,
         input_full_scale=float(cfg.input_range) if cfg.input_range is not None else float(layer.input_range_),
         psum_scale=psum_scale, dac_bits=cfg.dac_bits, v_fs_v=float(v_fs), gain=float(gain), offset_ua=float(center),
-        w_max=w_max, deq_gain=layer.adc_deq_gain[table].float() * to_unit,
-        deq_offset=(layer.adc_deq_offset[table].float() - center) * to_unit,
+        w_max=w_max, deq_gain=layer.adc_col_gain.float() * to_unit,  # the layer's own per-output read-back
+        deq_offset=layer.adc_col_offset.float() * to_unit,
     )
     for t, rows in enumerate(tiles):
         length = rows.stop - rows.start
