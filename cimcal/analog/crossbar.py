@@ -18,10 +18,12 @@ from cimcal.analog.mapping import instance_unit_weight, noisy_unit_weight
 
 __all__ = [
     "tile_slices", "conv_channel_tiles", "quantize_inputs", "sample_unit_weight", "tiled_adc_mvm",
-    "subsample_abs_percentile", "use_kernels",
+    "subsample_abs_percentile", "running_percentile", "stats_sample", "sample_plan", "use_kernels",
+    "row_abs_max",
 ]
 
 _STATS_SAMPLES = 16384
+_LINE = 16  # float32 entries per 64-byte cache line
 
 
 def use_kernels(enabled: bool, *tensors: torch.Tensor) -> bool:
@@ -29,10 +31,19 @@ def use_kernels(enabled: bool, *tensors: torch.Tensor) -> bool:
     return enabled and all(t.device.type == "cpu" and t.dtype in kernels.KERNEL_DTYPES for t in tensors)
 
 
-def _bytes(shape: torch.Size | tuple[int, ...], key: int, nonce: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The eager path's random bytes (low, high) of each element: the kernels' 16 bits, rows = dim 0."""
-    bits = kernels.philox_bits(shape[0], math.prod(shape[1:]), key, nonce, device).reshape(shape)
+def _bytes(
+    shape: torch.Size | tuple[int, ...], key: int, nonce: int, device: torch.device, row0: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The eager path's random bytes (low, high) of each element: the kernels' 16 bits, rows = dim 0 (rows
+    ``row0 ..`` of the stream)."""
+    bits = kernels.philox_bits(shape[0], math.prod(shape[1:]), key, nonce, device, row0).reshape(shape)
     return bits & 255, bits >> 8
+
+
+def row_abs_max(w: torch.Tensor) -> torch.Tensor:
+    """``max|w|`` of each row of ``w`` (O, K), at least 1e-12: the per-output weight scale."""
+    # amax + amin: 2x faster than abs().amax() and no weight-sized temporary (aminmax(dim=1) is 7x slower on CPU)
+    return torch.maximum(w.amax(dim=1), -w.amin(dim=1)).clamp_min(1e-12)
 
 
 def quantize_inputs(x: torch.Tensor, full_scale: float, bits: int, compiled: bool) -> torch.Tensor:
@@ -47,56 +58,105 @@ def tile_slices(n_rows: int, tile_rows: int) -> list[slice]:
     return [slice(start, min(start + tile_rows, n_rows)) for start in range(0, n_rows, tile_rows)]
 
 
-def subsample_abs_percentile(values: torch.Tensor, percentile: float) -> torch.Tensor:
-    """Percentile of ``|values|`` over a strided subsample of at most ~16k entries (cheap, 0-dim): the k-th
-    smallest, NaN ordered last as in ``torch.kthvalue``; one compiled pass over the strided entries for
-    float32 CPU tensors."""
+_PLANS: dict[int, tuple[torch.Tensor, int]] = {}
+
+
+def sample_plan(numel: int) -> tuple[torch.Tensor, int]:
+    """Which entries of a flattened tensor of ``numel`` entries the calibration statistics read, as
+    ``(starts, line)``: the runs ``[starts[b], starts[b] + line)`` (int64 starts; cached per size).
+
+    Every entry (one run) while there are fewer than ``2 * _STATS_SAMPLES``; else about ``_STATS_SAMPLES`` entries
+    in whole 64-byte cache lines of float32 (``line = 16``): window b of ``w`` lines contributes line
+    ``b * w + o_b``, ``o_b`` scattered over the window by Knuth's multiplicative hash of b, so the lines land on
+    every column of any row length. Whole lines, because the statistics run right after matmuls have evicted
+    the data: a sample of single strided entries missed the cache once per entry (16 k misses, ~250 us here).
+    """
+    plan = _PLANS.get(numel)
+    if plan is None:
+        if numel < 2 * _STATS_SAMPLES:
+            plan = (torch.zeros(1, dtype=torch.int64), numel)
+        else:
+            lines = numel // _LINE
+            per_window = max(1, lines * _LINE // _STATS_SAMPLES)
+            window = torch.arange(lines // per_window, dtype=torch.int64)
+            offset = ((window * 2654435761) & 0xFFFFFFFF) * per_window >> 32
+            plan = ((window * per_window + offset) * _LINE, _LINE)
+        if len(_PLANS) > 256:
+            _PLANS.clear()
+        _PLANS[numel] = plan
+    return plan
+
+
+def stats_sample(values: torch.Tensor) -> torch.Tensor:
+    """The entries of ``values`` that :func:`sample_plan` picks, as a flat copy (or view, when that is all)."""
     flat = values.reshape(-1)
-    step = max(1, flat.numel() // _STATS_SAMPLES) | 1  # odd stride: visits every column over time
-    n = (flat.numel() + step - 1) // step
-    k = min(n, max(1, int(round(percentile / 100.0 * n))))
-    if use_kernels(True, flat):
-        return torch.tensor(kernels.abs_kth_strided(flat, step, k))
-    sample = flat[::step].abs().float()
+    starts, line = sample_plan(flat.numel())
+    if starts.numel() == 1:
+        return flat[:line]
+    return flat[(starts[:, None] + torch.arange(line, device=flat.device)).reshape(-1)]
+
+
+def _kth_rank(n: int, percentile: float) -> int:
+    return min(n, max(1, int(round(percentile / 100.0 * n))))
+
+
+def subsample_abs_percentile(values: torch.Tensor, percentile: float) -> float:
+    """Percentile of ``|values|`` over :func:`stats_sample`: the k-th smallest, NaN ordered last as in
+    ``torch.kthvalue``."""
+    sample = stats_sample(values).abs().float()
+    n = sample.numel()
+    k = _kth_rank(n, percentile)
     # the k-th smallest by a partial selection of the shorter side (faster than kthvalue for the high
     # percentiles used here; same value, NaN ordered last)
     if n - k + 1 <= k:
-        return sample.topk(n - k + 1).values[-1]
-    return sample.topk(k, largest=False).values[-1]
+        return float(sample.topk(n - k + 1).values[-1])
+    return float(sample.topk(k, largest=False).values[-1])
+
+
+def running_percentile(state: torch.Tensor, values: torch.Tensor, percentile: float, momentum: float, update: bool) -> float:
+    """The running calibration value in ``state`` (0-dim), after folding in this batch's ``percentile`` of
+    ``|values|`` (over :func:`stats_sample`) if ``update`` or ``state`` is not yet positive: the first value sets
+    it, later ones move it by ``momentum`` (an exponential moving average). One compiled call for float32 CPU
+    tensors (gather, selection and update), else torch ops."""
+    if use_kernels(True, values, state) and values.is_contiguous():
+        flat = values.view(-1)
+        starts, line = sample_plan(flat.numel())
+        return kernels.running_kth(flat, starts, line, _kth_rank(starts.numel() * line, percentile), state, momentum, update)
+    old = float(state)
+    if update or old <= 0:
+        new = max(subsample_abs_percentile(values, percentile), 1e-12)
+        state.fill_(new if old <= 0 else old + momentum * (new - old))
+    return float(state)
 
 
 def sample_unit_weight(
     w: torch.Tensor,
-    cols: slice,
-    inv_scale: torch.Tensor,
     tables: dict[str, torch.Tensor],
     ranks: torch.Tensor | None,
     generator: torch.Generator | None,
     compiled: bool,
-    out: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Noisy unit weights of every differential pair of the tile ``w[:, cols] * inv_scale[:, None]``:
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noisy unit weights of every differential pair of ``w`` (O, K), each row scaled by its ``max|w|``:
     programmed conductance plus one read each (``ranks``: the fixed instance's (2, O, K) programming-error
-    ranks). Written into ``out`` when given."""
+    ranks). Returns (noisy unit weights (O, K), ``w_max`` (O,)); one compiled pass where possible."""
     key, nonce = kernels.draw_key(generator)
-    if use_kernels(compiled, w) and w.is_contiguous():
+    if use_kernels(compiled, w):
+        w = w.contiguous()
         if ranks is None:
-            return kernels.sample_pairs(w, cols, inv_scale, tables["level_of_fine"], tables["read_unit"], key, nonce, out)
-        return kernels.sample_pairs_instance(
-            w, cols, inv_scale, ranks, tables["level_of_fine"], tables["programmed_unit"], tables["read_noise_unit"],
-            key, nonce, out,
+            return kernels.sample_pairs(w, tables["level_of_fine"], tables["read_unit"], key, nonce)
+        return kernels.sample_pairs(
+            w, tables["level_of_fine"], tables["read_noise_unit"], key, nonce, ranks, tables["programmed_unit"]
         )
-    w_tile = w[:, cols]
-    u_active, u_idle = _bytes(w_tile.shape, key, nonce, w.device)
-    w_unit = w_tile * inv_scale[:, None]
+    w_max = row_abs_max(w)
+    u_active, u_idle = _bytes(w.shape, key, nonce, w.device)
+    w_unit = w * (1.0 / w_max)[:, None]
     if ranks is None:
-        noisy = noisy_unit_weight(w_unit, u_active, u_idle, tables["level_of_fine"], tables["read_unit"])
-    else:
-        noisy = instance_unit_weight(
-            w_unit, ranks[0, :, cols], ranks[1, :, cols], u_active, u_idle, tables["level_of_fine"],
-            tables["programmed_unit"], tables["read_noise_unit"],
-        )
-    return noisy if out is None else out.copy_(noisy)
+        return noisy_unit_weight(w_unit, u_active, u_idle, tables["level_of_fine"], tables["read_unit"]), w_max
+    noisy = instance_unit_weight(
+        w_unit, ranks[0], ranks[1], u_active, u_idle, tables["level_of_fine"], tables["programmed_unit"],
+        tables["read_noise_unit"],
+    )
+    return noisy, w_max
 
 
 def conv_channel_tiles(in_channels: int, kernel_cells: int, tile_rows: int) -> list[slice]:
@@ -111,25 +171,28 @@ def tiled_adc_mvm(
     adc: dict[str, torch.Tensor] | None,
     adc_geometry: tuple[float, float, float, float, int, bool] | None,
     psum_scale: float,
+    out_scale: torch.Tensor,
     generator: torch.Generator | None,
     compiled: bool,
     want_mask: bool,
     reuse_buffer: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor]]:
-    """Sum over tiles of the ADC read-back of each tile's partial sums, in unit space.
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Sum over tiles of the ADC read-back of each tile's partial sums, times ``out_scale`` (O,) per output.
 
     ``psum_tiles[t](out)`` computes tile t's partial sums, shape (N, O, ...) with the output (ADC column)
     index on dim 1 (linear: (N, O); conv: (N, O, H, W)), as a new tensor when ``out`` is None, else into
     ``out`` (passed only if ``reuse_buffer``: one buffer serves every tile after the first). One tile exists
     at a time besides the accumulator, which is the first tile's tensor converted in place. ``adc``: the code
     table ``codes`` and the layer's per-output constants (:func:`cimcal.analog.converters.adc_columns`), or
-    None for an ideal converter. Returns (y_unit,
-    bool mask (T, N, O, ...) of the conversions whose gradient passes (not saturated) or None, each tile's
-    partial sums subsampled for calibration statistics).
+    None for an ideal converter. The read-back goes straight to output units: ``out_scale`` (the layer's
+    ``w_max * full_scale``) is folded into the per-output read-back constants. One random key per call; tile t's
+    row a draws row ``t * N + a`` of its stream. Returns (y, bool mask (T, N, O, ...) of the conversions whose
+    gradient passes (not saturated) or None, the calibration sample of every tile's partial sums in one tensor
+    (:func:`sample_plan`; None for an ideal converter)).
     """
-    stats: list[torch.Tensor] = []
     acc: torch.Tensor | None = None
     buffer: torch.Tensor | None = None
+    stats: torch.Tensor | None = None
 
     def next_psum(psum_tile: Callable[..., torch.Tensor]) -> torch.Tensor:
         nonlocal buffer
@@ -144,39 +207,46 @@ def tiled_adc_mvm(
             psum = next_psum(psum_tile)
             acc = psum if acc is None else acc.add_(psum)
         mask = torch.ones(len(psum_tiles), *acc.shape, dtype=torch.bool) if want_mask else None
-        return acc, mask, stats  # an ideal converter never saturates: every gradient passes
+        # an ideal converter never saturates: every gradient passes
+        return acc.mul_(out_scale.view((-1,) + (1,) * (acc.dim() - 2))), mask, None
     x_lo, x_hi, grid_x0, grid_step, n_points, interpolate = adc_geometry
     half = 0.5 * (x_hi - x_lo)
     center = 0.5 * (x_hi + x_lo)
     grid_scale = half / (psum_scale * grid_step)
     grid_shift = (center - grid_x0) / grid_step
-    to_unit = psum_scale / half  # ADC input range [x_lo, x_hi] <-> partial sums [-psum_scale, psum_scale]
+    # read-back per output straight to output units: ADC input range [x_lo, x_hi] <-> unit partial sums
+    # [-psum_scale, psum_scale], times the output's scale
+    factor = psum_scale / half
+    key, nonce = kernels.draw_key(generator)
     masks = []
-    for psum_tile in psum_tiles:
+    for t, psum_tile in enumerate(psum_tiles):
         psum = next_psum(psum_tile)
         n_out = psum.shape[1]
         first = acc is None
-        if first:  # per-output read-back straight to unit partial sums, once
-            col_base = adc["col_base"]
-            deq_gain = adc["col_gain"] * to_unit
-            deq_offset = adc["col_offset"] * to_unit
-        stats.append(psum.reshape(-1)[:: max(1, psum.numel() // _STATS_SAMPLES) | 1].clone())
+        starts, line = sample_plan(psum.numel())
+        per_tile = starts.numel() * line
+        if stats is None:
+            stats = psum.new_empty(len(psum_tiles) * per_tile)
         target = psum if first else acc
-        key, nonce = kernels.draw_key(generator)
-        if use_kernels(compiled, psum):
+        row0 = t * psum.shape[0]
+        if use_kernels(compiled, psum, out_scale) and psum.is_contiguous():
             flat = (psum.shape[0], n_out, -1)
             passes = kernels.adc_convert(
-                target.view(flat), psum.view(flat), not first, col_base, deq_gain, deq_offset, grid_scale, grid_shift,
-                psum_scale, interpolate, n_points, adc["codes"], key, nonce, want_mask,
+                target.view(flat), psum.view(flat), not first, adc["col_base"], adc["col_gain"], adc["col_offset"],
+                out_scale, factor, grid_scale, grid_shift, psum_scale, interpolate, n_points, adc["codes"], key, nonce,
+                want_mask, row0, (starts, line, stats, t * per_tile),
             )
             passes = None if passes is None else passes.view(psum.shape)
         else:
-            knot, grid_byte = _bytes(psum.shape, key, nonce, psum.device)
+            stats[t * per_tile : (t + 1) * per_tile] = stats_sample(psum)
+            scale = out_scale * factor
+            knot, grid_byte = _bytes(psum.shape, key, nonce, psum.device, row0)
             view = (n_out,) + (1,) * (psum.dim() - 2)
             converted, saturated = adc_convert_tile(
-                torch.zeros(()) if first else acc, psum, knot, grid_byte, col_base.view(view), deq_gain.view(view),
-                deq_offset.view(view), torch.tensor(grid_scale), torch.tensor(grid_shift), torch.tensor(psum_scale),
-                torch.tensor(1.0 if interpolate else 0.0), n_points, adc["codes"], want_mask,
+                torch.zeros(()) if first else acc, psum, knot, grid_byte, adc["col_base"].view(view),
+                (adc["col_gain"] * scale).view(view), (adc["col_offset"] * scale).view(view), torch.tensor(grid_scale),
+                torch.tensor(grid_shift), torch.tensor(psum_scale), torch.tensor(1.0 if interpolate else 0.0), n_points,
+                adc["codes"], want_mask,
             )
             target.copy_(converted)
             passes = None if saturated is None else ~saturated

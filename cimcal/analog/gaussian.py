@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import torch
 
+from cimcal.analog.crossbar import stats_sample
 from cimcal.analog.functions import RoundSTE
 from cimcal.analog.mapping import N_FINE
 
@@ -57,7 +58,7 @@ def gaussian_tiled_mvm(
     for psum_tile in psum_tiles:
         psum = psum_tile()
         if adc is not None:
-            stats.append(psum.detach().reshape(-1)[:: max(1, psum.numel() // 16384) | 1])
+            stats.append(stats_sample(psum.detach()).reshape(-1))
             noise = torch.randn(psum.shape, generator=generator, dtype=psum.dtype) * sigma
             clipped = torch.clamp(psum + noise, -psum_scale, psum_scale * (1.0 - 1e-6))
             code = RoundSTE.apply((clipped + psum_scale) / lsb - 0.5)

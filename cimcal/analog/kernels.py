@@ -55,7 +55,7 @@ def _disk_cache_available() -> bool:
 
 _CACHE = _disk_cache_available()
 
-__all__ = ["philox_bits", "draw_key", "abs_kth_strided", "dac_quantize", "sample_pairs", "sample_pairs_instance", "adc_convert", "KERNEL_DTYPES"]
+__all__ = ["philox_bits", "draw_key", "abs_kth", "running_kth", "dac_quantize", "sample_pairs", "adc_convert", "KERNEL_DTYPES"]
 
 KERNEL_DTYPES = (torch.float32,)
 
@@ -87,9 +87,11 @@ def _philox_words(c0: np.ndarray, c1: np.ndarray, key: np.uint64) -> np.ndarray:
     return out
 
 
-def philox_bits(rows: int, length: int, key: int, nonce: int, device: torch.device | str | None = None) -> torch.Tensor:
+def philox_bits(
+    rows: int, length: int, key: int, nonce: int, device: torch.device | str | None = None, row0: int = 0
+) -> torch.Tensor:
     """The kernels' 16 random bits of every element of a (rows, length) array, in torch (int64 values in
-    [0, 2**16)): the eager reference of the kernels' generator.
+    [0, 2**16)): the eager reference of the kernels' generator (rows ``row0 .. row0 + rows - 1`` of the stream).
 
     Each row is padded to a multiple of 4 elements; group ``g`` of 4 consecutive (padded) elements takes the
     64 bits of ``philox(counter=(g mod 2**32, nonce + g div 2**32), key)``, lane ``l`` bits ``16 l .. 16 l + 15``.
@@ -97,7 +99,7 @@ def philox_bits(rows: int, length: int, key: int, nonce: int, device: torch.devi
     arithmetic shift is masked back to the high word.
     """
     padded = (length + 3) // 4 * 4
-    g = torch.arange(rows * padded // 4, dtype=torch.int64, device=device)
+    g = torch.arange(row0 * padded // 4, (row0 + rows) * padded // 4, dtype=torch.int64, device=device)
     x0 = g & 0xFFFFFFFF
     x1 = (nonce + (g >> 32)) & 0xFFFFFFFF
     k = key
@@ -163,19 +165,19 @@ _TOP_MAX = 64
 
 
 @njit(cache=_CACHE)
-def _abs_kth(flat, step, k):  # noqa: ANN001
-    n = (flat.size + step - 1) // step
+def _abs_kth(flat, k):  # noqa: ANN001
+    n = flat.size
     m = n - k + 1  # rank from the top
     if m > _TOP_MAX:
         sample = np.empty(n, np.float32)
         for i in range(n):
-            sample[i] = abs(flat[i * step])
+            sample[i] = abs(flat[i])
         return np.partition(sample, k - 1)[k - 1]  # NaN sorts last, as in torch
     # the m largest in an ascending buffer, one pass; NaN counts as larger than everything (torch's order)
     top = np.full(m, -np.inf, np.float32)
     nans = 0
     for i in range(n):
-        v = abs(flat[i * step])
+        v = abs(flat[i])
         if v != v:
             nans += 1
         elif v > top[0]:
@@ -187,10 +189,33 @@ def _abs_kth(flat, step, k):  # noqa: ANN001
     return np.float32(np.nan) if nans >= m else top[nans]
 
 
-def abs_kth_strided(flat: torch.Tensor, step: int, k: int) -> float:
-    """The k-th smallest (1-based) of ``|flat[::step]|``: one pass over the strided sample, no copies.
-    ``flat`` 1-d float32 CPU."""
-    return float(_abs_kth(_np(flat), step, k))
+def abs_kth(flat: torch.Tensor, k: int) -> float:
+    """The k-th smallest (1-based) of ``|flat|`` (1-d contiguous float32 CPU): one pass, no copies."""
+    return float(_abs_kth(_np(flat), k))
+
+
+@njit(cache=_CACHE)
+def _running_kth(flat, starts, line, k, state, momentum, update):  # noqa: ANN001
+    old = np.float64(state[0])
+    if update or old <= 0.0:
+        sample = np.empty(starts.size * line, np.float32)
+        for b in range(starts.size):
+            st = _U(starts[b])
+            for c in range(_U(line)):
+                sample[b * line + c] = flat[st + c]
+        new = np.float64(_abs_kth(sample, k))
+        if 1e-12 > new:
+            new = 1e-12
+        state[0] = new if old <= 0.0 else old + momentum * (new - old)
+    return state[0]
+
+
+def running_kth(flat: torch.Tensor, starts: torch.Tensor, line: int, k: int, state: torch.Tensor, momentum: float,
+                update: bool) -> float:
+    """If ``update`` or ``state`` (a 0-dim float32 running value) is not yet positive: fold the k-th smallest
+    ``|x|`` of the lines ``flat[starts[b] : starts[b] + line]`` into it (the first value sets it, later ones move it
+    by ``momentum``). Returns the running value. One call: gather, select, update."""
+    return float(_running_kth(_np(flat), _np(starts), line, k, _np(state.view(1)), momentum, update))
 
 
 # ------------------------------------------------------------------------------------------- DAC
@@ -268,8 +293,25 @@ def _row_levels(w, ui, c0, s, cols, level_of_fine, fine, level):  # noqa: ANN001
         level[j] = level_of_fine[_U(fine[j])]
 
 
+@njit(inline="always", cache=_CACHE)
+def _row_scale(w, ui, cols, w_max):  # noqa: ANN001
+    """``max|w|`` of row ``ui`` into ``w_max[ui]`` (at least 1e-12; NaN if the row holds a NaN, as torch's
+    ``amax``), returns its inverse."""
+    m = np.float32(0.0)
+    nan = False
+    for j in range(_U(cols)):
+        a = abs(w[ui, j])
+        if a != a:
+            nan = True
+        elif a > m:
+            m = a
+    m = np.float32(np.nan) if nan else max(m, np.float32(1e-12))
+    w_max[ui] = m
+    return np.float32(1.0) / m
+
+
 @_Kernel
-def _pairs(w, col0, inv_scale, level_of_fine, read_unit, key, nonce, out):  # noqa: ANN001
+def _pairs(w, level_of_fine, read_unit, key, nonce, out, w_max):  # noqa: ANN001
     rows, cols = out.shape
     per, blocks = _block_rows(rows, cols)
     for blk in prange(blocks):
@@ -278,84 +320,68 @@ def _pairs(w, col0, inv_scale, level_of_fine, read_unit, key, nonce, out):  # no
         g_active = np.empty(cols, np.float32)
         g_idle = np.empty(cols, np.float32)
         for i in range(blk * per, min(rows, (blk + 1) * per)):
-            ui, c0, s = _U(i), _U(col0), inv_scale[i]
+            ui = _U(i)
+            s = _row_scale(w, ui, cols, w_max)
             _fill_row_bits(words64, i, nonce, key)
-            _row_levels(w, ui, c0, s, cols, level_of_fine, fine, level)
+            _row_levels(w, ui, _U(0), s, cols, level_of_fine, fine, level)
             for j in range(_U(cols)):
                 r = _U(words[j])
                 g_active[j] = read_unit[_U(level[j]) * _U(256) + (r & _U(255))]
                 g_idle[j] = read_unit[r >> _U(8)]
             for j in range(_U(cols)):
-                v = w[ui, c0 + j] * s
+                v = w[ui, j] * s
                 d = g_active[j] - g_idle[j]
                 out[ui, j] = (-d if v < np.float32(0.0) else d) + (v - v)
 
 
 @_Kernel
-def _pairs_instance(w, col0, inv_scale, ranks, level_of_fine, programmed_unit, read_noise_unit, key, nonce, out):  # noqa: ANN001
+def _pairs_instance(w, ranks, level_of_fine, programmed_unit, read_noise_unit, key, nonce, out, w_max):  # noqa: ANN001
     rows, cols = out.shape
     per, blocks = _block_rows(rows, cols)
     for blk in prange(blocks):
         words64, fine, level = _words(cols), np.empty(cols, np.int32), np.empty(cols, np.int32)
         words = words64.view(np.uint16)
         for i in range(blk * per, min(rows, (blk + 1) * per)):
-            ui, c0, s = _U(i), _U(col0), inv_scale[i]
+            ui = _U(i)
+            s = _row_scale(w, ui, cols, w_max)
             _fill_row_bits(words64, i, nonce, key)
-            _row_levels(w, ui, c0, s, cols, level_of_fine, fine, level)
+            _row_levels(w, ui, _U(0), s, cols, level_of_fine, fine, level)
             for j in range(_U(cols)):
-                k = c0 + j
                 r = _U(words[j])
                 row = _U(level[j]) * _U(256)
-                g_active = programmed_unit[row + _U(ranks[0, ui, k])] + read_noise_unit[row + (r & _U(255))]
-                g_idle = programmed_unit[_U(ranks[1, ui, k])] + read_noise_unit[r >> _U(8)]
+                g_active = programmed_unit[row + _U(ranks[0, ui, j])] + read_noise_unit[row + (r & _U(255))]
+                g_idle = programmed_unit[_U(ranks[1, ui, j])] + read_noise_unit[r >> _U(8)]
                 d = g_active - g_idle
-                v = w[ui, k] * s
+                v = w[ui, j] * s
                 out[ui, j] = (-d if v < np.float32(0.0) else d) + (v - v)
-
-
-def _tile_out(w: torch.Tensor, cols: slice, out: torch.Tensor | None) -> torch.Tensor:
-    if out is None or not out.is_contiguous():
-        return torch.empty(w.shape[0], cols.stop - cols.start, dtype=torch.float32)
-    return out
 
 
 def sample_pairs(
     w: torch.Tensor,
-    cols: slice,
-    inv_scale: torch.Tensor,
     level_of_fine: torch.Tensor,
     read_unit: torch.Tensor,
     key: int,
     nonce: int,
-    out: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Noisy unit weights ``sign * (G_active - G_idle)`` of the tile ``w[:, cols] * inv_scale[:, None]``
-    (``w`` C-contiguous (O, K); one read each), written into ``out`` if given (any strides)."""
-    dest = _tile_out(w, cols, out)
-    _pairs(dest.numel(), _np(w), cols.start, _np(inv_scale), _np(level_of_fine), _np(read_unit), np.uint64(key), np.uint64(nonce), dest.numpy())
-    return dest if out is None or dest is out else out.copy_(dest)
+    ranks: torch.Tensor | None = None,
+    programmed_unit: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noisy unit weights ``sign * (G_active - G_idle)`` of every differential pair of ``w`` (C-contiguous
+    (O, K)), each row scaled by its ``max|w|``: returns (noisy unit weights (O, K), ``w_max`` (O,)).
 
-
-def sample_pairs_instance(
-    w: torch.Tensor,
-    cols: slice,
-    inv_scale: torch.Tensor,
-    ranks: torch.Tensor,
-    level_of_fine: torch.Tensor,
-    programmed_unit: torch.Tensor,
-    read_noise_unit: torch.Tensor,
-    key: int,
-    nonce: int,
-    out: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Noisy unit weights of a fixed chip instance: persistent programmed ranks (``ranks`` (2, O, K) uint8:
-    active and idle device), fresh read noise."""
-    dest = _tile_out(w, cols, out)
-    _pairs_instance(
-        dest.numel(), _np(w), cols.start, _np(inv_scale), _np(ranks), _np(level_of_fine), _np(programmed_unit),
-        _np(read_noise_unit), np.uint64(key), np.uint64(nonce), dest.numpy(),
-    )
-    return dest if out is None or dest is out else out.copy_(dest)
+    One read each. With ``ranks`` ((2, O, K) uint8: a fixed instance's active and idle device), the devices
+    keep their persistent programmed values (``programmed_unit``) and ``read_unit`` is the read-noise table.
+    """
+    out = torch.empty_like(w)
+    w_max = torch.empty(w.shape[0], dtype=w.dtype)
+    common = (_np(level_of_fine),)
+    if ranks is None:
+        _pairs(w.numel(), _np(w), *common, _np(read_unit), np.uint64(key), np.uint64(nonce), out.numpy(), w_max.numpy())
+    else:
+        _pairs_instance(
+            w.numel(), _np(w), _np(ranks), *common, _np(programmed_unit), _np(read_unit), np.uint64(key), np.uint64(nonce),
+            out.numpy(), w_max.numpy(),
+        )
+    return out, w_max
 
 
 # ------------------------------------------------------------------------------------------- ADC
@@ -407,17 +433,27 @@ def _adc_row(acc, psum, ua, accumulate, col_base, deq_gain, deq_offset, grid_sca
 
 
 @_Kernel
-def _adc(acc, psum, accumulate, col_base, deq_gain, deq_offset, grid_scale, grid_shift, limit, interp, n_points, codes,  # noqa: ANN001
-         key, nonce, passes, want_passes):
+def _adc(acc, psum, accumulate, col_base, col_gain, col_offset, row_scale, factor, grid_scale, grid_shift, limit, interp,  # noqa: ANN001
+         n_points, codes, key, nonce, row0, passes, want_passes, psum_flat, starts, line, stats, stats0):
     n, n_out, inner = psum.shape
     last = np.int32(n_points - 1)
     row = n_out * inner
+    # before any conversion (acc may be psum itself): the calibration sample, then the per-output read-back
+    for b in range(starts.size):
+        st = _U(starts[b])
+        for c in range(_U(line)):
+            stats[stats0 + b * line + c] = psum_flat[st + c]
+    deq_gain, deq_offset = np.empty(n_out, np.float32), np.empty(n_out, np.float32)
+    for j in range(n_out):
+        scale = row_scale[j] * factor
+        deq_gain[j] = col_gain[j] * scale
+        deq_offset[j] = col_offset[j] * scale
     per, blocks = _block_rows(n, row)
     for blk in prange(blocks):
         words64, index, code = _words(row), np.empty(row, np.int32), np.empty(row, np.float32)
         words = words64.view(np.uint16)
         for a in range(blk * per, min(n, (blk + 1) * per)):
-            _fill_row_bits(words64, a, nonce, key)
+            _fill_row_bits(words64, row0 + a, nonce, key)
             _adc_row(acc, psum, _U(a), accumulate, col_base, deq_gain, deq_offset, grid_scale, grid_shift, limit, interp,
                      last, codes, passes, want_passes, words, index, code)
 
@@ -427,8 +463,10 @@ def adc_convert(
     psum: torch.Tensor,
     accumulate: bool,
     col_base: torch.Tensor,
-    deq_gain: torch.Tensor,
-    deq_offset: torch.Tensor,
+    col_gain: torch.Tensor,
+    col_offset: torch.Tensor,
+    row_scale: torch.Tensor,
+    factor: float,
     grid_scale: float,
     grid_shift: float,
     limit: float,
@@ -438,17 +476,29 @@ def adc_convert(
     key: int,
     nonce: int,
     want_passes: bool,
+    row0: int = 0,
+    sample: tuple[torch.Tensor, int, torch.Tensor, int] | None = None,
 ) -> torch.Tensor | None:
     """Convert partial sums ``psum`` (N, O, B) into ``acc`` (same shape; ``+=`` if ``accumulate``, else ``=``;
     ``acc`` may be ``psum`` itself). Per output column j: code table offset ``col_base[j]``, read-back
-    ``code * deq_gain[j] + deq_offset[j]``. Returns the bool mask of unsaturated conversions if asked.
+    ``code * g_j + o_j`` with ``s_j = row_scale[j] * factor``, ``g_j = col_gain[j] * s_j``, ``o_j = col_offset[j] * s_j``.
+    Returns the bool mask of unsaturated conversions if asked. Row ``a`` of psum draws its random bits as row
+    ``row0 + a`` of the (key, nonce) stream, so the tiles of one layer call share one key. ``sample``
+    ``(starts, line, stats, offset)``: first copy the lines ``psum.view(-1)[starts[b] : starts[b] + line]`` into
+    ``stats[offset:]`` (the calibration sample, taken before ``acc`` overwrites a psum converted in place).
 
     The conversion is :func:`cimcal.analog.converters.adc_convert_tile`'s, with the random bits from Philox.
     """
     passes = torch.empty(psum.shape if want_passes else (0, 0, 0), dtype=torch.bool)
+    starts, line, stats, offset = sample if sample is not None else (_NO_STARTS, 0, _NO_STATS, 0)
     _adc(
-        psum.numel(), _np(acc), _np(psum), accumulate, _np(col_base), _np(deq_gain), _np(deq_offset), np.float32(grid_scale),
-        np.float32(grid_shift), np.float32(limit), np.float32(1.0 if interpolate else 0.0), n_points, _np(codes),
-        np.uint64(key), np.uint64(nonce), passes.numpy(), want_passes,
+        psum.numel(), _np(acc), _np(psum), accumulate, _np(col_base), _np(col_gain), _np(col_offset), _np(row_scale),
+        np.float32(factor), np.float32(grid_scale), np.float32(grid_shift), np.float32(limit),
+        np.float32(1.0 if interpolate else 0.0), n_points, _np(codes), np.uint64(key), np.uint64(nonce), row0,
+        passes.numpy(), want_passes, _np(psum).reshape(-1), _np(starts), line, _np(stats), offset,
     )
     return passes if want_passes else None
+
+
+_NO_STARTS = torch.empty(0, dtype=torch.int64)
+_NO_STATS = torch.empty(0, dtype=torch.float32)

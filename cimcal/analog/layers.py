@@ -29,8 +29,10 @@ from cimcal.analog.converters import AdcTables, adc_columns, build_adc_tables, p
 from cimcal.analog.crossbar import (
     conv_channel_tiles,
     quantize_inputs,
+    row_abs_max,
+    running_percentile,
     sample_unit_weight,
-    subsample_abs_percentile,
+    stats_sample,
     tile_slices,
     tiled_adc_mvm,
 )
@@ -164,72 +166,48 @@ class AnalogLayer:
     def _updating(self) -> bool:
         return self.training or self.calibrating
 
-    def _running_update(self, buffer: torch.Tensor, value: torch.Tensor) -> None:
-        """Fold ``value`` (0-dim) into a running calibration buffer: the first value sets it, later ones move it
-        by ``calib_momentum`` (exponential moving average). Scalar arithmetic: one tensor op, not five."""
-        new, old = max(float(value), 1e-12), float(buffer)
-        buffer.fill_(new if old <= 0 else old + self.config.calib_momentum * (new - old))
-
     def _input_full_scale(self, x2d: torch.Tensor) -> float:
+        """The DAC full scale: the config's fixed range, else the running input percentile (updated first while
+        training or calibrating, and on the first batch a layer ever sees)."""
         if self.config.input_range is not None:
             return float(self.config.input_range)
+        cfg = self.config
         with torch.no_grad():
-            if self._updating() or float(self.input_range_) <= 0:
-                self._running_update(self.input_range_, subsample_abs_percentile(x2d, self.config.input_percentile))
-        return float(self.input_range_)
+            return running_percentile(self.input_range_, x2d, cfg.input_percentile, cfg.calib_momentum, self._updating())
 
     def _psum_scale(self, psum_tiles: list[Any]) -> float:
         """The running psum scale; on the very first batch, a stats pass over the tiles sets it first."""
         if float(self.psum_scale_) <= 0:
             with torch.no_grad():
-                stats = [psum_tile().reshape(-1) for psum_tile in psum_tiles]
-                self._running_update(self.psum_scale_, subsample_abs_percentile(torch.cat(stats), self.config.psum_percentile))
+                stats = torch.cat([stats_sample(psum_tile()) for psum_tile in psum_tiles])
+                running_percentile(self.psum_scale_, stats, self.config.psum_percentile, self.config.calib_momentum, True)
         return float(self.psum_scale_)
 
     # ---------------------------------------------------------------- simulation
-    def _weight_tiles(self, w2d: torch.Tensor, materialize: bool) -> tuple[torch.Tensor, Any, torch.Tensor | None]:
-        """(w_max per output, weight_tile(rows) -> noisy unit weights of a tile, the full noisy matrix or None).
-
-        Unless ``materialize``, each call samples that tile afresh into one buffer shared by the tiles (a tile's
-        weights are dead once its partial sums exist)
-        """
-        cfg = self.config
-        # max|w| per row without a weight-sized abs() temporary (amax + amin: 2x faster than abs().amax(),
-        # while aminmax(dim=1) is 7x slower on CPU)
-        w_max = torch.maximum(w2d.amax(dim=1), -w2d.amin(dim=1)).clamp_min(1e-12)
-        inv_scale = 1.0 / w_max
+    def _noisy_weights(self, w2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(noisy unit weights (O, K) of every tile, ``w_max`` per output): one sampling pass over the matrix."""
         cond = self._tables("lut_", ("level_of_fine", "read_unit", "programmed_unit", "read_noise_unit"))
-        fixed = cfg.resample == "fixed_instance" and self.instance_ranks is not None
-
-        def weight_tile(rows: slice, out: torch.Tensor | None = None) -> torch.Tensor:
-            if cond is None:
-                w_unit = w2d[:, rows] * inv_scale[:, None]
-                return w_unit if out is None else out.copy_(w_unit)
-            ranks = self.instance_ranks if fixed else None
-            return sample_unit_weight(w2d, rows, inv_scale, cond, ranks, self.generator, cfg.compile, out)
-
-        if not materialize:
-            buffer = torch.empty(w2d.shape[0] * min(cfg.tile_rows, w2d.shape[1]), dtype=w2d.dtype, device=w2d.device)
-            return w_max, (lambda rows: weight_tile(rows, buffer[: w2d.shape[0] * (rows.stop - rows.start)].view(w2d.shape[0], -1))), None
-        full = torch.empty_like(w2d)
-        for rows in tile_slices(w2d.shape[1], cfg.tile_rows):
-            weight_tile(rows, full[:, rows])
-        return w_max, (lambda rows: full[:, rows]), full
+        if cond is None:  # no conductance model: ideal cells
+            w_max = row_abs_max(w2d)
+            return w2d * (1.0 / w_max)[:, None], w_max
+        ranks = self.instance_ranks if self.config.resample == "fixed_instance" else None
+        return sample_unit_weight(w2d, cond, ranks, self.generator, self.config.compile)
 
     def _convert(
-        self, psum_tiles: list[Any], reuse_buffer: bool = False
+        self, psum_tiles: list[Any], out_scale: torch.Tensor, reuse_buffer: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor]]:
         cfg = self.config
         adc = self._tables("adc_", ("codes", "col_base", "col_gain", "col_offset"))
         psum_scale = self._psum_scale(psum_tiles) if adc is not None else 1.0
         return tiled_adc_mvm(
-            psum_tiles, adc, self.adc_geometry, psum_scale, self.generator, cfg.compile,
+            psum_tiles, adc, self.adc_geometry, psum_scale, out_scale, self.generator, cfg.compile,
             cfg.adc_grad == "saturation_mask", reuse_buffer,
         )
 
-    def _update_psum_scale(self, stats: list[torch.Tensor]) -> None:
-        if stats and self.adc_codes is not None and self._updating():
-            self._running_update(self.psum_scale_, subsample_abs_percentile(torch.cat(stats), self.config.psum_percentile))
+    def _update_psum_scale(self, stats: torch.Tensor | None) -> None:
+        if stats is not None and self.adc_codes is not None and self._updating():
+            cfg = self.config
+            running_percentile(self.psum_scale_, stats, cfg.psum_percentile, cfg.calib_momentum, True)
 
     def simulate_mvm(
         self, x2d: torch.Tensor, w2d: torch.Tensor
@@ -239,18 +217,17 @@ class AnalogLayer:
         Returns (y, bit-packed (tile, row, output) mask of unsaturated conversions or None, noisy W or None).
         """
         cfg = self.config
-        noisy = cfg.grad_x_weight == "noisy"
         full_scale = self._input_full_scale(x2d)
         xq = quantize_inputs(x2d, full_scale, cfg.dac_bits, cfg.compile)
-        w_max, weight_tile, full = self._weight_tiles(w2d, materialize=noisy)
+        wn, w_max = self._noisy_weights(w2d)
         psum_tiles = [
-            (lambda out=None, rows=rows: torch.mm(xq[:, rows], weight_tile(rows).T, out=out))
+            (lambda out=None, rows=rows: torch.mm(xq[:, rows], wn[:, rows].T, out=out))
             for rows in tile_slices(x2d.shape[1], cfg.tile_rows)
         ]
-        y_unit, mask, stats = self._convert(psum_tiles, reuse_buffer=True)
+        y, mask, stats = self._convert(psum_tiles, w_max * full_scale, reuse_buffer=True)
         self._update_psum_scale(stats)
         mask = None if mask is None else pack_bits(mask)
-        return y_unit.mul_(w_max * full_scale), mask, (full * w_max[:, None] if noisy else None)
+        return y, mask, (wn.mul_(w_max[:, None]) if cfg.grad_x_weight == "noisy" else None)
 
     def simulate_conv(
         self, x: torch.Tensor, weight: torch.Tensor, stride: Any, padding: Any, dilation: Any
@@ -261,15 +238,15 @@ class AnalogLayer:
         cfg = self.config
         out_ch, in_ch, kh, kw = weight.shape
         full_scale = self._input_full_scale(x)
-        w_max, _, full = self._weight_tiles(weight.reshape(out_ch, -1), materialize=True)
-        wn = full.view_as(weight)
+        wn, w_max = self._noisy_weights(weight.reshape(out_ch, -1))
+        wn = wn.view_as(weight)
         groups = conv_channel_tiles(in_ch, kh * kw, cfg.tile_rows)
         n, _, h, w = x.shape
         oh = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
         ow = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
         per_chunk = max(1, _CONV_CHUNK_ELEMS // max(1, out_ch * oh * ow))
-        y = x.new_empty(n, out_ch, oh, ow)
-        scale = (w_max * full_scale).view(1, -1, 1, 1)
+        out_scale = w_max * full_scale
+        y = None if per_chunk >= n else x.new_empty(n, out_ch, oh, ow)  # one chunk: its result is the output
         masks, stats = [], []
         for start in range(0, n, per_chunk):
             xq = quantize_inputs(x[start : start + per_chunk], full_scale, cfg.dac_bits, cfg.compile)
@@ -277,15 +254,19 @@ class AnalogLayer:
                 (lambda out=None, cs=cs, xq=xq: F.conv2d(xq[:, cs], wn[:, cs], None, stride, padding, dilation))
                 for cs in groups
             ]
-            y_unit, mask, chunk_stats = self._convert(psum_tiles)
-            y[start : start + per_chunk] = y_unit.mul_(scale)
-            stats += chunk_stats
+            y_chunk, mask, chunk_stats = self._convert(psum_tiles, out_scale)
+            if y is None:
+                y = y_chunk
+            else:
+                y[start : start + per_chunk] = y_chunk
+            if chunk_stats is not None:
+                stats.append(chunk_stats)
             if mask is not None:
                 masks.append(mask)
-            del xq, y_unit, psum_tiles
-        self._update_psum_scale(stats)
+            del xq, y_chunk, psum_tiles
+        self._update_psum_scale(torch.cat(stats) if len(stats) > 1 else (stats[0] if stats else None))
         mask = pack_bits(torch.cat(masks, dim=1)) if masks else None
-        noisy_w = (wn * w_max.view(-1, 1, 1, 1)) if cfg.grad_x_weight == "noisy" else None
+        noisy_w = wn.mul_(w_max.view(-1, 1, 1, 1)) if cfg.grad_x_weight == "noisy" else None
         return y, mask, noisy_w
 
     def _gaussian_prepare(self, x: torch.Tensor, w2d: torch.Tensor) -> tuple[torch.Tensor, float, torch.Tensor, torch.Tensor]:
@@ -308,7 +289,7 @@ class AnalogLayer:
         y_unit, stats = gaussian_tiled_mvm(psum_tiles, out_shape, adc, self._adc_n_codes, psum_scale, self.generator)
         if stats and adc is not None and self._updating():
             with torch.no_grad():
-                self._running_update(self.psum_scale_, subsample_abs_percentile(torch.cat(stats), cfg.psum_percentile))
+                running_percentile(self.psum_scale_, torch.cat(stats), cfg.psum_percentile, cfg.calib_momentum, True)
         return y_unit
 
     def gaussian_mvm(self, x2d: torch.Tensor, w2d: torch.Tensor) -> torch.Tensor:

@@ -119,7 +119,8 @@ def levels_and_sign(w_unit: torch.Tensor, level_of_fine: torch.Tensor) -> tuple[
     sits at level 0); ``sign`` is ``-1.0`` where ``w_unit < 0`` (active device on G-) and ``+1.0`` otherwise
     (active device on G+).
     """
-    fine_idx = (w_unit.abs() * (N_FINE - 1) + 0.5).floor().clamp(0, N_FINE - 1).to(torch.int32)  # as the kernels
+    # as the kernels: NaN takes index 0 (the result stays NaN through the weight itself)
+    fine_idx = (w_unit.abs() * (N_FINE - 1) + 0.5).nan_to_num(0.0).floor().clamp(0, N_FINE - 1).to(torch.int32)
     level = level_of_fine[fine_idx]
     sign = torch.where(w_unit < 0, -1.0, 1.0)
     return level, sign
@@ -136,7 +137,7 @@ def noisy_unit_weight(
     level, sign = levels_and_sign(w_unit, level_of_fine)
     g_active = read_unit[level * N_KNOTS + u_active.to(torch.int32)]
     g_idle = read_unit[u_idle.to(torch.int32)]  # the idle device sits at the lowest level (row 0)
-    return sign * (g_active - g_idle)
+    return sign * (g_active - g_idle) + (w_unit - w_unit)  # non-finite weights stay non-finite, as in the kernels
 
 
 def instance_unit_weight(
@@ -154,7 +155,7 @@ def instance_unit_weight(
     row = level * N_KNOTS
     g_active = programmed_unit[row + rank_active.to(torch.int32)] + read_noise_unit[row + u_active.to(torch.int32)]
     g_idle = programmed_unit[rank_idle.to(torch.int32)] + read_noise_unit[u_idle.to(torch.int32)]
-    return sign * (g_active - g_idle)
+    return sign * (g_active - g_idle) + (w_unit - w_unit)
 
 
 def level_unit_weight(w_unit: torch.Tensor, level_of_fine: torch.Tensor, target_unit: torch.Tensor) -> torch.Tensor:

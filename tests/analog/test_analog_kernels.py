@@ -32,6 +32,8 @@ def test_torch_reference_equals_the_kernel_bits(rows, length):
     key, nonce = 0x13198A2E, 0xFFFFFFF0  # the nonce wraps when the group counter passes 2**32 - 16
     ref = kernels.philox_bits(rows, length, key, nonce).numpy()
     assert np.array_equal(ref, kernels._bits(rows, length, np.uint64(nonce), np.uint64(key)).astype(np.int64))
+    # rows further down the stream (one key shared by a layer call's tiles) are the same rows of a longer draw
+    assert np.array_equal(kernels.philox_bits(rows - 1, length, key, nonce, row0=1).numpy(), ref[1:])
 
 
 def test_random_bytes_are_uniform_and_independent():
@@ -96,8 +98,7 @@ def test_a_parallel_kernel_call_keeps_torchs_thread_count(monkeypatch):
     try:
         torch.set_num_threads(2)
         w = torch.rand(512, 512)
-        out = kernels.sample_pairs(w, slice(0, 512), torch.ones(512), torch.zeros(1024, dtype=torch.int32),
-                                   torch.rand(2048), 1, 2)
+        out, _ = kernels.sample_pairs(w, torch.zeros(1024, dtype=torch.int32), torch.rand(2048), 1, 2)
         assert out.shape == (512, 512) and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
@@ -106,24 +107,32 @@ def test_a_parallel_kernel_call_keeps_torchs_thread_count(monkeypatch):
 def test_large_calls_run_in_blocks_and_equal_the_eager_reference(fitted_profile):
     """Calls above the parallel threshold, several rows per scratch block: same values as the torch path."""
     from cimcal.analog.converters import adc_columns
-    from cimcal.analog.crossbar import sample_unit_weight, tiled_adc_mvm
+    from cimcal.analog.crossbar import row_abs_max, sample_unit_weight, tiled_adc_mvm
     from cimcal.analog.layers import profile_tables
 
     assert 700 * 150 >= kernels._Kernel.PARALLEL_MIN
     cond, adc = profile_tables(fitted_profile, None)
     tables = {name: getattr(cond, name) for name in ("level_of_fine", "read_unit", "programmed_unit", "read_noise_unit")}
     w = torch.randn(700, 400, generator=torch.Generator().manual_seed(3))
-    inv_scale = 1.0 / w.abs().amax(dim=1)
-    weights = [sample_unit_weight(w, slice(100, 250), inv_scale, tables, None, torch.Generator().manual_seed(4), compiled, None)
-               for compiled in (False, True)]
-    assert torch.equal(weights[0], weights[1])
+    w[5, 7] = float("nan")  # a NaN row: NaN scale, as torch's amax
+    w[9] = 0.0  # an all-zero row: the 1e-12 floor
+    ranks = torch.randint(0, 256, (2, 700, 400), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    for instance in (None, ranks):
+        weights = [sample_unit_weight(w, tables, instance, torch.Generator().manual_seed(4), compiled)
+                   for compiled in (False, True)]
+        assert torch.equal(weights[0][0].nan_to_num(7.0), weights[1][0].nan_to_num(7.0))
+        assert torch.equal(weights[0][1].nan_to_num(7.0), weights[1][1].nan_to_num(7.0))
+    assert torch.equal(weights[1][1].nan_to_num(7.0), row_abs_max(w).nan_to_num(7.0))
+    assert bool(weights[1][0][5].isnan().all()) and not bool(weights[1][0][6].isnan().any())
 
     psum = torch.randn(300, 700, generator=torch.Generator().manual_seed(5)) * 0.5
     codes = {"codes": adc.codes} | adc_columns(adc, psum.shape[1])
     geometry = (adc.x_lo, adc.x_hi, adc.grid_x0, adc.grid_step, adc.n_points, adc.interpolate)
+    out_scale = torch.rand(psum.shape[1], generator=torch.Generator().manual_seed(7)) + 0.5
     converted = [
         tiled_adc_mvm([lambda out=None: psum.clone(), lambda out=None: psum.flip(0) if out is None else out.copy_(psum.flip(0))],
-                      codes, geometry, 1.0, torch.Generator().manual_seed(6), compiled, want_mask=True, reuse_buffer=True)
+                      codes, geometry, 1.0, out_scale, torch.Generator().manual_seed(6), compiled, want_mask=True,
+                      reuse_buffer=True)
         for compiled in (False, True)
     ]
     assert torch.allclose(converted[0][0], converted[1][0], rtol=1e-6, atol=1e-6)
@@ -146,19 +155,42 @@ def test_dac_kernel_equals_the_torch_quantizer():
 
 @pytest.mark.parametrize("percentile", [0.0, 50.0, 99.0, 99.9, 100.0])
 @pytest.mark.parametrize("nan_share", [0.0, 0.0005, 0.5])
-def test_percentile_kernel_equals_kthvalue(percentile, nan_share):
-    """Both branches (a top-m buffer for high percentiles, a partition otherwise), NaN ordered last as in torch."""
-    from cimcal.analog.crossbar import subsample_abs_percentile
+def test_running_percentile_kernel_equals_kthvalue(percentile, nan_share):
+    """Both branches (a top-m buffer for high percentiles, a partition otherwise), NaN ordered last as in torch;
+    the first batch sets the running value, later ones move it by the momentum; the torch path agrees."""
+    from cimcal.analog.crossbar import running_percentile, stats_sample
 
     gen = torch.Generator().manual_seed(1)
-    for n in (7, 5000, 300_000):
+    for n in (7, 5000, 300_000, 1_000_003):
         values = torch.randn(n, generator=gen)
         values[torch.rand(n, generator=gen) < nan_share] = float("nan")
-        flat = values.reshape(-1)
-        step = max(1, n // 16384) | 1
-        sample = flat[::step].abs()
+        sample = stats_sample(values).abs()
         k = min(sample.numel(), max(1, int(round(percentile / 100.0 * sample.numel()))))
-        expected = sample.kthvalue(k).values
+        expected = sample.kthvalue(k).values.clamp_min(1e-12)
         for given in (values, values.double()):  # the kernel, and the torch path (float64 is not a kernel dtype)
-            got = subsample_abs_percentile(given, percentile).float()
+            state = torch.zeros((), dtype=given.dtype)
+            got = torch.tensor(running_percentile(state, given, percentile, 0.25, update=False), dtype=torch.float32)
             assert torch.equal(got, expected) or (bool(got.isnan()) and bool(expected.isnan()))
+            if not bool(expected.isnan()):
+                state.fill_(2.0)
+                assert running_percentile(state, given, percentile, 0.25, update=False) == 2.0  # set: left alone
+                moved = running_percentile(state, given, percentile, 0.25, update=True)
+                assert moved == pytest.approx(2.0 + 0.25 * (float(expected) - 2.0), rel=1e-6)
+
+
+def test_the_statistics_sample_spreads_whole_cache_lines_over_the_tensor():
+    from cimcal.analog.crossbar import _STATS_SAMPLES, stats_sample
+
+    small = torch.arange(2 * _STATS_SAMPLES - 1, dtype=torch.float32)
+    assert torch.equal(stats_sample(small), small)  # everything while it is small
+    for rows, cols in ((256, 1000), (256, 1024), (512, 784), (37, 4096)):
+        values = torch.arange(rows * cols, dtype=torch.float32).view(rows, cols)
+        sample = stats_sample(values).view(-1, 16)
+        assert abs(sample.numel() - _STATS_SAMPLES) <= _STATS_SAMPLES // 2
+        starts = sample[:, 0]
+        assert torch.equal(sample, starts[:, None] + torch.arange(16.0))  # whole lines of consecutive entries
+        assert bool((starts % 16 == 0).all()) and bool((starts.diff() > 0).all())
+        assert float(starts[0]) < values.numel() / 64 and float(starts[-1]) > values.numel() * 63 / 64  # all over
+        covered = torch.zeros(cols, dtype=torch.bool)
+        covered[(sample.long() % cols).reshape(-1)] = True
+        assert float(covered.float().mean()) > 0.95, (rows, cols)  # nearly every column, whatever the row length

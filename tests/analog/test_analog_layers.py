@@ -75,7 +75,8 @@ def test_adc_codes_match_the_profile_per_column(fitted_profile, compiled):
             key, nonce = kernels.draw_key(gen)
             if compiled:
                 codes = torch.empty_like(psum)
-                passes = kernels.adc_convert(codes, psum, False, col_base, torch.ones(1), torch.zeros(1), *geometry[:3],
+                passes = kernels.adc_convert(codes, psum, False, col_base, torch.ones(1), torch.zeros(1), torch.ones(1), 1.0,
+                                             *geometry[:3],
                                              geometry[3], tables.n_points, tables.codes, key, nonce, True)
                 saturated = ~passes
             else:
