@@ -219,23 +219,25 @@ def tiled_adc_mvm(
     factor = psum_scale / half
     key, nonce = kernels.draw_key(generator)
     masks = []
+    converter = None
     for t, psum_tile in enumerate(psum_tiles):
         psum = next_psum(psum_tile)
         n_out = psum.shape[1]
         first = acc is None
-        starts, line = sample_plan(psum.numel())
-        per_tile = starts.numel() * line
-        if stats is None:
+        if first:
+            starts, line = sample_plan(psum.numel())
+            per_tile = starts.numel() * line
             stats = psum.new_empty(len(psum_tiles) * per_tile)
+            if use_kernels(compiled, psum, out_scale):
+                converter = kernels.AdcConverter(
+                    adc["col_base"], adc["col_gain"], adc["col_offset"], out_scale, factor, grid_scale, grid_shift,
+                    psum_scale, interpolate, n_points, adc["codes"], key, nonce, want_mask, (starts, line, stats),
+                )
         target = psum if first else acc
         row0 = t * psum.shape[0]
-        if use_kernels(compiled, psum, out_scale) and psum.is_contiguous():
+        if converter is not None and psum.is_contiguous():
             flat = (psum.shape[0], n_out, -1)
-            passes = kernels.adc_convert(
-                target.view(flat), psum.view(flat), not first, adc["col_base"], adc["col_gain"], adc["col_offset"],
-                out_scale, factor, grid_scale, grid_shift, psum_scale, interpolate, n_points, adc["codes"], key, nonce,
-                want_mask, row0, (starts, line, stats, t * per_tile),
-            )
+            passes = converter(target.view(flat), psum.view(flat), not first, row0, t * per_tile)
             passes = None if passes is None else passes.view(psum.shape)
         else:
             stats[t * per_tile : (t + 1) * per_tile] = stats_sample(psum)

@@ -55,7 +55,7 @@ def _disk_cache_available() -> bool:
 
 _CACHE = _disk_cache_available()
 
-__all__ = ["philox_bits", "draw_key", "abs_kth", "running_kth", "dac_quantize", "sample_pairs", "adc_convert", "KERNEL_DTYPES"]
+__all__ = ["philox_bits", "draw_key", "abs_kth", "running_kth", "dac_quantize", "sample_pairs", "AdcConverter", "adc_convert", "KERNEL_DTYPES"]
 
 KERNEL_DTYPES = (torch.float32,)
 
@@ -433,8 +433,8 @@ def _adc_row(acc, psum, ua, accumulate, col_base, deq_gain, deq_offset, grid_sca
 
 
 @_Kernel
-def _adc(acc, psum, accumulate, col_base, col_gain, col_offset, row_scale, factor, grid_scale, grid_shift, limit, interp,  # noqa: ANN001
-         n_points, codes, key, nonce, row0, passes, want_passes, psum_flat, starts, line, stats, stats0):
+def _adc(acc, psum, psum_flat, accumulate, row0, stats0, passes, col_base, col_gain, col_offset, row_scale, factor,  # noqa: ANN001
+         grid_scale, grid_shift, limit, interp, n_points, codes, key, nonce, want_passes, starts, line, stats):
     n, n_out, inner = psum.shape
     last = np.int32(n_points - 1)
     row = n_out * inner
@@ -458,6 +458,59 @@ def _adc(acc, psum, accumulate, col_base, col_gain, col_offset, row_scale, facto
                      last, codes, passes, want_passes, words, index, code)
 
 
+_NO_STARTS = torch.empty(0, dtype=torch.int64)
+_NO_STATS = torch.empty(0, dtype=torch.float32)
+_NO_PASSES = np.empty((0, 0, 0), np.bool_)
+
+
+class AdcConverter:
+    """The ADC kernel bound to one layer call's constants (converted to numpy once, not once per tile).
+
+    Per output column j: code table offset ``col_base[j]``, read-back ``code * g_j + o_j`` with
+    ``s_j = row_scale[j] * factor``, ``g_j = col_gain[j] * s_j``, ``o_j = col_offset[j] * s_j``. ``sample``
+    ``(starts, line, stats)``: each call first copies the lines ``psum.view(-1)[starts[b] : starts[b] + line]``
+    into ``stats`` at the given offset (the calibration sample, taken before ``acc`` overwrites a psum converted
+    in place). The conversion is :func:`cimcal.analog.converters.adc_convert_tile`'s, with Philox random bits.
+    """
+
+    def __init__(
+        self,
+        col_base: torch.Tensor,
+        col_gain: torch.Tensor,
+        col_offset: torch.Tensor,
+        row_scale: torch.Tensor,
+        factor: float,
+        grid_scale: float,
+        grid_shift: float,
+        limit: float,
+        interpolate: bool,
+        n_points: int,
+        codes: torch.Tensor,
+        key: int,
+        nonce: int,
+        want_passes: bool,
+        sample: tuple[torch.Tensor, int, torch.Tensor] | None = None,
+    ) -> None:
+        starts, line, stats = sample if sample is not None else (_NO_STARTS, 0, _NO_STATS)
+        self.want_passes = want_passes
+        self._const = (
+            _np(col_base), _np(col_gain), _np(col_offset), _np(row_scale), np.float32(factor), np.float32(grid_scale),
+            np.float32(grid_shift), np.float32(limit), np.float32(1.0 if interpolate else 0.0), n_points, _np(codes),
+            np.uint64(key), np.uint64(nonce), want_passes, _np(starts), line, _np(stats),
+        )
+
+    def __call__(self, acc: torch.Tensor, psum: torch.Tensor, accumulate: bool, row0: int = 0, stats0: int = 0) -> torch.Tensor | None:
+        """Convert ``psum`` (N, O, B) into ``acc`` (same shape; ``+=`` if ``accumulate``, else ``=``; ``acc`` may be
+        ``psum`` itself); returns the bool mask of unsaturated conversions if asked. Row ``a`` of psum draws its
+        random bits as row ``row0 + a`` of the (key, nonce) stream, so the tiles of one layer call share one key;
+        the sample goes to ``stats[stats0:]``."""
+        passes = torch.empty(psum.shape, dtype=torch.bool) if self.want_passes else None
+        psum_np = _np(psum)
+        _adc(psum.numel(), _np(acc), psum_np, psum_np.reshape(-1), accumulate, row0, stats0,
+             _NO_PASSES if passes is None else passes.numpy(), *self._const)
+        return passes
+
+
 def adc_convert(
     acc: torch.Tensor,
     psum: torch.Tensor,
@@ -477,28 +530,8 @@ def adc_convert(
     nonce: int,
     want_passes: bool,
     row0: int = 0,
-    sample: tuple[torch.Tensor, int, torch.Tensor, int] | None = None,
 ) -> torch.Tensor | None:
-    """Convert partial sums ``psum`` (N, O, B) into ``acc`` (same shape; ``+=`` if ``accumulate``, else ``=``;
-    ``acc`` may be ``psum`` itself). Per output column j: code table offset ``col_base[j]``, read-back
-    ``code * g_j + o_j`` with ``s_j = row_scale[j] * factor``, ``g_j = col_gain[j] * s_j``, ``o_j = col_offset[j] * s_j``.
-    Returns the bool mask of unsaturated conversions if asked. Row ``a`` of psum draws its random bits as row
-    ``row0 + a`` of the (key, nonce) stream, so the tiles of one layer call share one key. ``sample``
-    ``(starts, line, stats, offset)``: first copy the lines ``psum.view(-1)[starts[b] : starts[b] + line]`` into
-    ``stats[offset:]`` (the calibration sample, taken before ``acc`` overwrites a psum converted in place).
-
-    The conversion is :func:`cimcal.analog.converters.adc_convert_tile`'s, with the random bits from Philox.
-    """
-    passes = torch.empty(psum.shape if want_passes else (0, 0, 0), dtype=torch.bool)
-    starts, line, stats, offset = sample if sample is not None else (_NO_STARTS, 0, _NO_STATS, 0)
-    _adc(
-        psum.numel(), _np(acc), _np(psum), accumulate, _np(col_base), _np(col_gain), _np(col_offset), _np(row_scale),
-        np.float32(factor), np.float32(grid_scale), np.float32(grid_shift), np.float32(limit),
-        np.float32(1.0 if interpolate else 0.0), n_points, _np(codes), np.uint64(key), np.uint64(nonce), row0,
-        passes.numpy(), want_passes, _np(psum).reshape(-1), _np(starts), line, _np(stats), offset,
-    )
-    return passes if want_passes else None
-
-
-_NO_STARTS = torch.empty(0, dtype=torch.int64)
-_NO_STATS = torch.empty(0, dtype=torch.float32)
+    """One conversion call of :class:`AdcConverter` (no calibration sample)."""
+    converter = AdcConverter(col_base, col_gain, col_offset, row_scale, factor, grid_scale, grid_shift, limit, interpolate,
+                             n_points, codes, key, nonce, want_passes)
+    return converter(acc, psum, accumulate, row0)
