@@ -133,13 +133,14 @@ def sample_unit_weight(
     w: torch.Tensor,
     tables: dict[str, torch.Tensor],
     ranks: torch.Tensor | None,
-    generator: torch.Generator | None,
+    stream: tuple[int, int],
     compiled: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Noisy unit weights of every differential pair of ``w`` (O, K), each row scaled by its ``max|w|``:
     programmed conductance plus one read each (``ranks``: the fixed instance's (2, O, K) programming-error
-    ranks). Returns (noisy unit weights (O, K), ``w_max`` (O,)); one compiled pass where possible."""
-    key, nonce = kernels.draw_key(generator)
+    ranks), random bits from the Philox ``stream`` (key, nonce). Returns (noisy unit weights (O, K), ``w_max``
+    (O,)); one compiled pass where possible."""
+    key, nonce = stream
     if use_kernels(compiled, w):
         w = w.contiguous()
         if ranks is None:
@@ -171,22 +172,23 @@ def tiled_adc_mvm(
     adc: dict[str, torch.Tensor] | None,
     adc_geometry: tuple[float, float, float, float, int, bool] | None,
     psum_scale: float,
-    out_scale: torch.Tensor,
-    generator: torch.Generator | None,
+    row_scale: torch.Tensor,
+    scale: float,
+    stream: tuple[int, int],
     compiled: bool,
     want_mask: bool,
     reuse_buffer: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Sum over tiles of the ADC read-back of each tile's partial sums, times ``out_scale`` (O,) per output.
+    """Sum over tiles of the ADC read-back of each tile's partial sums, times ``row_scale * scale`` per output.
 
     ``psum_tiles[t](out)`` computes tile t's partial sums, shape (N, O, ...) with the output (ADC column)
     index on dim 1 (linear: (N, O); conv: (N, O, H, W)), as a new tensor when ``out`` is None, else into
     ``out`` (passed only if ``reuse_buffer``: one buffer serves every tile after the first). One tile exists
     at a time besides the accumulator, which is the first tile's tensor converted in place. ``adc``: the code
     table ``codes`` and the layer's per-output constants (:func:`cimcal.analog.converters.adc_columns`), or
-    None for an ideal converter. The read-back goes straight to output units: ``out_scale`` (the layer's
-    ``w_max * full_scale``) is folded into the per-output read-back constants. One random key per call; tile t's
-    row a draws row ``t * N + a`` of its stream. Returns (y, bool mask (T, N, O, ...) of the conversions whose
+    None for an ideal converter. The read-back goes straight to output units: the output scale (the layer's
+    ``w_max`` (O,) times its input full scale) is folded into the per-output read-back constants. Random bits
+    from the Philox ``stream`` (key, nonce): tile t's row a draws row ``t * N + a``. Returns (y, bool mask (T, N, O, ...) of the conversions whose
     gradient passes (not saturated) or None, the calibration sample of every tile's partial sums in one tensor
     (:func:`sample_plan`; None for an ideal converter)).
     """
@@ -208,7 +210,7 @@ def tiled_adc_mvm(
             acc = psum if acc is None else acc.add_(psum)
         mask = torch.ones(len(psum_tiles), *acc.shape, dtype=torch.bool) if want_mask else None
         # an ideal converter never saturates: every gradient passes
-        return acc.mul_(out_scale.view((-1,) + (1,) * (acc.dim() - 2))), mask, None
+        return acc.mul_((row_scale * scale).view((-1,) + (1,) * (acc.dim() - 2))), mask, None
     x_lo, x_hi, grid_x0, grid_step, n_points, interpolate = adc_geometry
     half = 0.5 * (x_hi - x_lo)
     center = 0.5 * (x_hi + x_lo)
@@ -216,8 +218,8 @@ def tiled_adc_mvm(
     grid_shift = (center - grid_x0) / grid_step
     # read-back per output straight to output units: ADC input range [x_lo, x_hi] <-> unit partial sums
     # [-psum_scale, psum_scale], times the output's scale
-    factor = psum_scale / half
-    key, nonce = kernels.draw_key(generator)
+    factor = psum_scale / half * scale
+    key, nonce = stream
     masks = []
     converter = None
     for t, psum_tile in enumerate(psum_tiles):
@@ -228,25 +230,23 @@ def tiled_adc_mvm(
             starts, line = sample_plan(psum.numel())
             per_tile = starts.numel() * line
             stats = psum.new_empty(len(psum_tiles) * per_tile)
-            if use_kernels(compiled, psum, out_scale):
+            if use_kernels(compiled, psum, row_scale):
                 converter = kernels.AdcConverter(
-                    adc["col_base"], adc["col_gain"], adc["col_offset"], out_scale, factor, grid_scale, grid_shift,
+                    adc["col_base"], adc["col_gain"], adc["col_offset"], row_scale, factor, grid_scale, grid_shift,
                     psum_scale, interpolate, n_points, adc["codes"], key, nonce, want_mask, (starts, line, stats),
                 )
         target = psum if first else acc
         row0 = t * psum.shape[0]
         if converter is not None and psum.is_contiguous():
-            flat = (psum.shape[0], n_out, -1)
-            passes = converter(target.view(flat), psum.view(flat), not first, row0, t * per_tile)
-            passes = None if passes is None else passes.view(psum.shape)
+            passes = converter(target, psum, not first, row0, t * per_tile)
         else:
             stats[t * per_tile : (t + 1) * per_tile] = stats_sample(psum)
-            scale = out_scale * factor
+            out_scale = row_scale * factor
             knot, grid_byte = _bytes(psum.shape, key, nonce, psum.device, row0)
             view = (n_out,) + (1,) * (psum.dim() - 2)
             converted, saturated = adc_convert_tile(
                 torch.zeros(()) if first else acc, psum, knot, grid_byte, adc["col_base"].view(view),
-                (adc["col_gain"] * scale).view(view), (adc["col_offset"] * scale).view(view), torch.tensor(grid_scale),
+                (adc["col_gain"] * out_scale).view(view), (adc["col_offset"] * out_scale).view(view), torch.tensor(grid_scale),
                 torch.tensor(grid_shift), torch.tensor(psum_scale), torch.tensor(1.0 if interpolate else 0.0), n_points,
                 adc["codes"], want_mask,
             )

@@ -55,7 +55,7 @@ def _disk_cache_available() -> bool:
 
 _CACHE = _disk_cache_available()
 
-__all__ = ["philox_bits", "draw_key", "abs_kth", "running_kth", "dac_quantize", "sample_pairs", "AdcConverter", "adc_convert", "KERNEL_DTYPES"]
+__all__ = ["philox_bits", "draw_key", "substream", "abs_kth", "running_kth", "dac_quantize", "sample_pairs", "AdcConverter", "adc_convert", "KERNEL_DTYPES"]
 
 KERNEL_DTYPES = (torch.float32,)
 
@@ -113,10 +113,18 @@ def philox_bits(
 
 
 def draw_key(generator: torch.Generator | None) -> tuple[int, int]:
-    """(key, nonce) for one kernel call: 64 fresh bits from ``generator`` (torch's default one if None)."""
+    """(key, nonce) for one layer call: 64 fresh bits from ``generator`` (torch's default one if None)."""
     word = int(torch.randint(-(2**63), 2**63 - 1, (1,), dtype=torch.int64, generator=generator))
     word &= (1 << 64) - 1
     return word & 0xFFFFFFFF, word >> 32
+
+
+def substream(stream: tuple[int, int], i: int) -> tuple[int, int]:
+    """Sub-stream ``i`` (< 2**16) of a drawn (key, nonce): the nonce moved by ``i << 16``. A call's counters stay
+    below ``2**32`` groups per nonce step unless it has over ``2**48`` elements, so the sub-streams of one draw
+    (weights, then each chunk of ADC conversions) never share a counter."""
+    key, nonce = stream
+    return key, (nonce + (i << 16)) & 0xFFFFFFFF
 
 
 class _Kernel:
@@ -147,7 +155,7 @@ class _Kernel:
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
-    return t.detach().numpy()
+    return t.detach().numpy() if t.requires_grad else t.numpy()  # detach() is a dispatched op: only when needed
 
 
 # Index arithmetic is unsigned (np.uintp) throughout: numba then skips negative-index wraparound, which
@@ -215,7 +223,7 @@ def running_kth(flat: torch.Tensor, starts: torch.Tensor, line: int, k: int, sta
     """If ``update`` or ``state`` (a 0-dim float32 running value) is not yet positive: fold the k-th smallest
     ``|x|`` of the lines ``flat[starts[b] : starts[b] + line]`` into it (the first value sets it, later ones move it
     by ``momentum``). Returns the running value. One call: gather, select, update."""
-    return float(_running_kth(_np(flat), _np(starts), line, k, _np(state.view(1)), momentum, update))
+    return float(_running_kth(_np(flat).reshape(-1), _np(starts), line, k, _np(state).reshape(1), momentum, update))
 
 
 # ------------------------------------------------------------------------------------------- DAC
@@ -500,14 +508,15 @@ class AdcConverter:
         )
 
     def __call__(self, acc: torch.Tensor, psum: torch.Tensor, accumulate: bool, row0: int = 0, stats0: int = 0) -> torch.Tensor | None:
-        """Convert ``psum`` (N, O, B) into ``acc`` (same shape; ``+=`` if ``accumulate``, else ``=``; ``acc`` may be
+        """Convert ``psum`` (N, O, ...; C-contiguous) into ``acc`` (same shape; ``+=`` if ``accumulate``, else ``=``; ``acc`` may be
         ``psum`` itself); returns the bool mask of unsaturated conversions if asked. Row ``a`` of psum draws its
         random bits as row ``row0 + a`` of the (key, nonce) stream, so the tiles of one layer call share one key;
         the sample goes to ``stats[stats0:]``."""
         passes = torch.empty(psum.shape, dtype=torch.bool) if self.want_passes else None
+        shape = (psum.shape[0], psum.shape[1], -1)
         psum_np = _np(psum)
-        _adc(psum.numel(), _np(acc), psum_np, psum_np.reshape(-1), accumulate, row0, stats0,
-             _NO_PASSES if passes is None else passes.numpy(), *self._const)
+        _adc(psum.numel(), _np(acc).reshape(shape), psum_np.reshape(shape), psum_np.reshape(-1), accumulate, row0, stats0,
+             _NO_PASSES if passes is None else passes.numpy().reshape(shape), *self._const)
         return passes
 
 

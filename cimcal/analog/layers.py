@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cimcal.analog import kernels
 from cimcal.analog.config import AnalogConfig
 from cimcal.analog.converters import AdcTables, adc_columns, build_adc_tables, pack_bits
 from cimcal.analog.crossbar import (
@@ -184,23 +185,24 @@ class AnalogLayer:
         return float(self.psum_scale_)
 
     # ---------------------------------------------------------------- simulation
-    def _noisy_weights(self, w2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _noisy_weights(self, w2d: torch.Tensor, stream: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """(noisy unit weights (O, K) of every tile, ``w_max`` per output): one sampling pass over the matrix."""
         cond = self._tables("lut_", ("level_of_fine", "read_unit", "programmed_unit", "read_noise_unit"))
         if cond is None:  # no conductance model: ideal cells
             w_max = row_abs_max(w2d)
             return w2d * (1.0 / w_max)[:, None], w_max
         ranks = self.instance_ranks if self.config.resample == "fixed_instance" else None
-        return sample_unit_weight(w2d, cond, ranks, self.generator, self.config.compile)
+        return sample_unit_weight(w2d, cond, ranks, kernels.substream(stream, 0), self.config.compile)
 
     def _convert(
-        self, psum_tiles: list[Any], out_scale: torch.Tensor, reuse_buffer: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor]]:
+        self, psum_tiles: list[Any], w_max: torch.Tensor, full_scale: float, stream: tuple[int, int],
+        reuse_buffer: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         cfg = self.config
         adc = self._tables("adc_", ("codes", "col_base", "col_gain", "col_offset"))
         psum_scale = self._psum_scale(psum_tiles) if adc is not None else 1.0
         return tiled_adc_mvm(
-            psum_tiles, adc, self.adc_geometry, psum_scale, out_scale, self.generator, cfg.compile,
+            psum_tiles, adc, self.adc_geometry, psum_scale, w_max, full_scale, stream, cfg.compile,
             cfg.adc_grad == "saturation_mask", reuse_buffer,
         )
 
@@ -219,12 +221,13 @@ class AnalogLayer:
         cfg = self.config
         full_scale = self._input_full_scale(x2d)
         xq = quantize_inputs(x2d, full_scale, cfg.dac_bits, cfg.compile)
-        wn, w_max = self._noisy_weights(w2d)
+        stream = kernels.draw_key(self.generator)  # one draw per call: weights, then conversions (sub-streams)
+        wn, w_max = self._noisy_weights(w2d, stream)
         psum_tiles = [
             (lambda out=None, rows=rows: torch.mm(xq[:, rows], wn[:, rows].T, out=out))
             for rows in tile_slices(x2d.shape[1], cfg.tile_rows)
         ]
-        y, mask, stats = self._convert(psum_tiles, w_max * full_scale, reuse_buffer=True)
+        y, mask, stats = self._convert(psum_tiles, w_max, full_scale, kernels.substream(stream, 1), reuse_buffer=True)
         self._update_psum_scale(stats)
         mask = None if mask is None else pack_bits(mask)
         return y, mask, (wn.mul_(w_max[:, None]) if cfg.grad_x_weight == "noisy" else None)
@@ -238,23 +241,23 @@ class AnalogLayer:
         cfg = self.config
         out_ch, in_ch, kh, kw = weight.shape
         full_scale = self._input_full_scale(x)
-        wn, w_max = self._noisy_weights(weight.reshape(out_ch, -1))
+        stream = kernels.draw_key(self.generator)  # one draw per call: weights, then each chunk's conversions
+        wn, w_max = self._noisy_weights(weight.reshape(out_ch, -1), stream)
         wn = wn.view_as(weight)
         groups = conv_channel_tiles(in_ch, kh * kw, cfg.tile_rows)
         n, _, h, w = x.shape
         oh = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
         ow = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
         per_chunk = max(1, _CONV_CHUNK_ELEMS // max(1, out_ch * oh * ow))
-        out_scale = w_max * full_scale
         y = None if per_chunk >= n else x.new_empty(n, out_ch, oh, ow)  # one chunk: its result is the output
         masks, stats = [], []
-        for start in range(0, n, per_chunk):
+        for chunk, start in enumerate(range(0, n, per_chunk)):
             xq = quantize_inputs(x[start : start + per_chunk], full_scale, cfg.dac_bits, cfg.compile)
             psum_tiles = [
                 (lambda out=None, cs=cs, xq=xq: F.conv2d(xq[:, cs], wn[:, cs], None, stride, padding, dilation))
                 for cs in groups
             ]
-            y_chunk, mask, chunk_stats = self._convert(psum_tiles, out_scale)
+            y_chunk, mask, chunk_stats = self._convert(psum_tiles, w_max, full_scale, kernels.substream(stream, 1 + chunk))
             if y is None:
                 y = y_chunk
             else:

@@ -118,7 +118,7 @@ def test_large_calls_run_in_blocks_and_equal_the_eager_reference(fitted_profile)
     w[9] = 0.0  # an all-zero row: the 1e-12 floor
     ranks = torch.randint(0, 256, (2, 700, 400), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
     for instance in (None, ranks):
-        weights = [sample_unit_weight(w, tables, instance, torch.Generator().manual_seed(4), compiled)
+        weights = [sample_unit_weight(w, tables, instance, kernels.draw_key(torch.Generator().manual_seed(4)), compiled)
                    for compiled in (False, True)]
         assert torch.equal(weights[0][0].nan_to_num(7.0), weights[1][0].nan_to_num(7.0))
         assert torch.equal(weights[0][1].nan_to_num(7.0), weights[1][1].nan_to_num(7.0))
@@ -131,7 +131,7 @@ def test_large_calls_run_in_blocks_and_equal_the_eager_reference(fitted_profile)
     out_scale = torch.rand(psum.shape[1], generator=torch.Generator().manual_seed(7)) + 0.5
     converted = [
         tiled_adc_mvm([lambda out=None: psum.clone(), lambda out=None: psum.flip(0) if out is None else out.copy_(psum.flip(0))],
-                      codes, geometry, 1.0, out_scale, torch.Generator().manual_seed(6), compiled, want_mask=True,
+                      codes, geometry, 1.0, out_scale, 0.7, (12345, 0xFFFF0000), compiled, want_mask=True,
                       reuse_buffer=True)
         for compiled in (False, True)
     ]

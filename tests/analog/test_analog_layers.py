@@ -123,18 +123,22 @@ def test_noise_none_is_the_clean_op(fitted_profile):
 
 @pytest.mark.parametrize("noise", ["lut", "gaussian"])
 def test_noisy_forward_tracks_the_clean_output(fitted_profile, noise):
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 36, 10))
-    x = torch.rand(64, 1, 6, 6)
-    clean = model(x).detach()
-    convert(model, fitted_profile, AnalogConfig(noise=noise, compile=False), generator=torch.Generator().manual_seed(0))
-    calibrate(model, [x])
-    model.eval()
-    noisy = model(x)
-    noisy.sum().backward()
-    corr = np.corrcoef(noisy.detach().reshape(-1), clean.reshape(-1))[0, 1]
-    assert 0.8 < corr < 1.0
-    assert model[0].weight.grad is not None and torch.isfinite(model[0].weight.grad).all()
+    """Correlation of noisy and clean outputs over five noise draws (one draw can land a stuck cell on a large
+    weight: over 300 draws the lut forward's correlation had median 0.95 and 1st percentile 0.84)."""
+    corrs = []
+    for seed in range(5):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 36, 10))
+        x = torch.rand(64, 1, 6, 6)
+        clean = model(x).detach()
+        convert(model, fitted_profile, AnalogConfig(noise=noise, compile=False), generator=torch.Generator().manual_seed(seed))
+        calibrate(model, [x])
+        model.eval()
+        noisy = model(x)
+        noisy.sum().backward()
+        corrs.append(np.corrcoef(noisy.detach().reshape(-1), clean.reshape(-1))[0, 1])
+        assert model[0].weight.grad is not None and torch.isfinite(model[0].weight.grad).all()
+    assert 0.9 < np.median(corrs) < 1.0 and min(corrs) > 0.6, corrs
 
 
 def test_convert_and_to_digital_round_trip_state_dict(fitted_profile):
