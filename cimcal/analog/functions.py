@@ -89,31 +89,37 @@ def _save_for_ste(ctx: Any, x: torch.Tensor, weight: torch.Tensor, sim: Any, out
 
 
 class AnalogLinearFunction(torch.autograd.Function):
-    """``y = sim(x W^T)`` forward; clean-linear gradients backward. x (N, K), W (O, K) -> (y, mask, noisy_w)."""
+    """``y = sim(x W^T) + b`` forward; clean-linear gradients backward. x (N, K), W (O, K), b (O,) or None ->
+    (y, mask, noisy_w). The bias is digital (added after the ADC), so its gradient is always ``g.sum(0)``; it is
+    added inside the Function to spare autograd an add node per layer."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, sim: Any) -> tuple[torch.Tensor, ...]:
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, sim: Any, bias: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
         with torch.no_grad():
             output = _outputs(*sim.simulate_mvm(x, weight))
+            if bias is not None:
+                output[0].add_(bias)
         _save_for_ste(ctx, x, weight, sim, output)
         return output
 
     @staticmethod
     def backward(ctx: Any, grad_y: torch.Tensor | None, *_unused: Any) -> tuple[torch.Tensor | None, ...]:
         if grad_y is None:
-            return None, None, None
+            return None, None, None, None
         x, weight, packed = ctx.saved_tensors
-        need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        need_x, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[3]
+        grad_b = grad_y.sum(0) if need_b else None
         if packed is not None:
             grad_x, grad_w = _masked_tile_grads(grad_y, x, weight, packed, ctx.tile_rows, need_x, need_w)
-            return grad_x, grad_w, None
+            return grad_x, grad_w, None, grad_b
         grad_x = grad_y.mm(weight) if need_x else None
         grad_w = grad_y.t().mm(x) if need_w else None
-        return grad_x, grad_w, None
+        return grad_x, grad_w, None, grad_b
 
 
 class AnalogConv2dFunction(torch.autograd.Function):
-    """Conv2d on tiles of whole kernel patches (input-channel groups); clean-conv gradients backward (groups=1)."""
+    """Conv2d on tiles of whole kernel patches (input-channel groups); clean-conv gradients backward (groups=1).
+    The digital bias (or None) is added inside, its gradient ``g.sum((0, 2, 3))``, as in the linear Function."""
 
     @staticmethod
     def forward(
@@ -124,9 +130,12 @@ class AnalogConv2dFunction(torch.autograd.Function):
         stride: tuple[int, int],
         padding: tuple[int, int],
         dilation: tuple[int, int],
+        bias: torch.Tensor | None,
     ) -> tuple[torch.Tensor, ...]:
         with torch.no_grad():
             output = _outputs(*sim.simulate_conv(x, weight, stride, padding, dilation))
+            if bias is not None:
+                output[0].add_(bias.view(1, -1, 1, 1))
         ctx.conv = (stride, padding, dilation)
         _save_for_ste(ctx, x, weight, sim, output)
         return output
@@ -134,14 +143,16 @@ class AnalogConv2dFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_y: torch.Tensor | None, *_unused: Any) -> tuple[torch.Tensor | None, ...]:
         if grad_y is None:
-            return (None,) * 6
+            return (None,) * 7
         x, weight, packed = ctx.saved_tensors
         stride, padding, dilation = ctx.conv
-        need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        if packed is None:
-            grad_x = torch.nn.grad.conv2d_input(x.shape, weight, grad_y, stride, padding, dilation) if need_x else None
-            grad_w = torch.nn.grad.conv2d_weight(x, weight.shape, grad_y, stride, padding, dilation) if need_w else None
-            return grad_x, grad_w, None, None, None, None
+        need_x, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[6]
+        if packed is None:  # the clean conv's backward: one call for all three gradients
+            grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
+                grad_y, x, weight, [weight.shape[0]] if need_b else None, stride, padding, dilation, False, [0, 0], 1,
+                [need_x, need_w, need_b],
+            )
+            return grad_x, grad_w, None, None, None, None, grad_b
         groups = conv_channel_tiles(weight.shape[1], weight.shape[2] * weight.shape[3], ctx.tile_rows)
         passes = unpack_bits(packed, (len(groups), *grad_y.shape))
         grad_x = torch.empty_like(x) if need_x else None
@@ -152,7 +163,7 @@ class AnalogConv2dFunction(torch.autograd.Function):
                 grad_x[:, cs] = torch.nn.grad.conv2d_input(x[:, cs].shape, weight[:, cs], g_t, stride, padding, dilation)
             if need_w:
                 grad_w[:, cs] = torch.nn.grad.conv2d_weight(x[:, cs], weight[:, cs].shape, g_t, stride, padding, dilation)
-        return grad_x, grad_w, None, None, None, None
+        return grad_x, grad_w, None, None, None, None, (grad_y.sum((0, 2, 3)) if need_b else None)
 
 
 class RoundSTE(torch.autograd.Function):

@@ -363,12 +363,12 @@ class AnalogLinear(AnalogLayer, nn.Linear):
         if noise == "none":
             return F.linear(x, self.weight, self.bias)
         x2d = x.reshape(-1, self.in_features)
-        if noise == "lut":
-            y = AnalogLinearFunction.apply(x2d, self.weight, self)[0]
+        if noise == "lut":  # the Function adds the bias
+            y = AnalogLinearFunction.apply(x2d, self.weight, self, self.bias)[0]
         else:
             y = self.gaussian_mvm(x2d, self.weight)
-        if self.bias is not None:  # y is a fresh tensor: add the bias in place (no output-sized copy)
-            y.add_(self.bias)
+            if self.bias is not None:  # y is a fresh tensor: add the bias in place (no output-sized copy)
+                y.add_(self.bias)
         return y.reshape(*x.shape[:-1], self.out_features)
 
 
@@ -419,12 +419,12 @@ class AnalogConv2d(AnalogLayer, nn.Conv2d):
         unbatched = x.dim() == 3
         if unbatched:
             x = x.unsqueeze(0)
-        if noise == "lut":
-            y = AnalogConv2dFunction.apply(x, self.weight, self, self.stride, self.padding, self.dilation)[0]
+        if noise == "lut":  # the Function adds the bias
+            y = AnalogConv2dFunction.apply(x, self.weight, self, self.stride, self.padding, self.dilation, self.bias)[0]
         else:
             y = self.gaussian_conv(x, self.weight, self.stride, self.padding, self.dilation)
-        if self.bias is not None:  # y is a fresh tensor: add the bias in place (no output-sized copy)
-            y.add_(self.bias.view(1, -1, 1, 1))
+            if self.bias is not None:  # y is a fresh tensor: add the bias in place (no output-sized copy)
+                y.add_(self.bias.view(1, -1, 1, 1))
         return y.squeeze(0) if unbatched else y
 
 

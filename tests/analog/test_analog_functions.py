@@ -60,8 +60,10 @@ def test_conv_backward_is_exactly_the_clean_gradient(standin_profile):
 def test_gradcheck_linear_clean_path(mask):
     x = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
     w = torch.randn(4, 7, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(4, dtype=torch.float64, requires_grad=True)
     sim = IdealTiles(tile_rows=3, saturation_mask=mask)
-    assert torch.autograd.gradcheck(lambda a, b: AnalogLinearFunction.apply(a, b, sim)[0], (x, w))
+    assert torch.autograd.gradcheck(lambda a, b, c: AnalogLinearFunction.apply(a, b, sim, c)[0], (x, w, bias))
+    assert torch.autograd.gradcheck(lambda a, b: AnalogLinearFunction.apply(a, b, sim, None)[0], (x, w))
 
 
 @pytest.mark.parametrize("mask", [False, True])
@@ -69,9 +71,11 @@ def test_gradcheck_conv_clean_path(mask):
     x = torch.randn(1, 2, 4, 3, dtype=torch.float64, requires_grad=True)
     w = torch.randn(2, 2, 2, 2, dtype=torch.float64, requires_grad=True)
     sim = IdealTiles(tile_rows=3, saturation_mask=mask)
-    fn = lambda a, b: AnalogConv2dFunction.apply(a, b, sim, (2, 1), (1, 0), (1, 1))[0]  # noqa: E731
-    assert torch.autograd.gradcheck(fn, (x, w))
-    assert torch.allclose(fn(x, w), F.conv2d(x, w, None, (2, 1), (1, 0)))
+    bias = torch.randn(2, dtype=torch.float64, requires_grad=True)
+    fn = lambda a, b, c: AnalogConv2dFunction.apply(a, b, sim, (2, 1), (1, 0), (1, 1), c)[0]  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, w, bias))
+    assert torch.autograd.gradcheck(lambda a, b: fn(a, b, None), (x, w))
+    assert torch.allclose(fn(x, w, bias), F.conv2d(x, w, bias, (2, 1), (1, 0)))
 
 
 def test_linear_saves_only_x_and_w(standin_profile):
