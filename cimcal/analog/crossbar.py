@@ -17,7 +17,7 @@ from cimcal.analog.converters import adc_convert_tile, dac_quantize
 from cimcal.analog.mapping import instance_unit_weight, noisy_unit_weight
 
 __all__ = [
-    "tile_slices", "conv_channel_tiles", "quantize_inputs", "sample_unit_weight", "tiled_adc_mvm",
+    "tile_slices", "conv_channel_tiles", "quantize_inputs", "calibrated_inputs", "sample_unit_weight", "tiled_adc_mvm",
     "subsample_abs_percentile", "running_percentile", "stats_sample", "sample_plan", "use_kernels",
     "row_abs_max",
 ]
@@ -51,6 +51,19 @@ def quantize_inputs(x: torch.Tensor, full_scale: float, bits: int, compiled: boo
     if use_kernels(compiled, x) and x.is_contiguous():
         return kernels.dac_quantize(x, full_scale, bits)
     return dac_quantize(x, full_scale, bits)
+
+
+def calibrated_inputs(
+    x: torch.Tensor, state: torch.Tensor, percentile: float, momentum: float, update: bool, bits: int, compiled: bool
+) -> tuple[torch.Tensor, float]:
+    """(DAC codes of ``x``, full scale): :func:`running_percentile` into ``state``, then :func:`quantize_inputs`;
+    one compiled call for contiguous float32 CPU tensors."""
+    if use_kernels(compiled, x, state) and x.is_contiguous():
+        starts, line = sample_plan(x.numel())
+        k = _kth_rank(starts.numel() * line, percentile)
+        return kernels.calibrated_dac(x, starts, line, k, state, momentum, update, bits)
+    full_scale = running_percentile(state, x, percentile, momentum, update)
+    return quantize_inputs(x, full_scale, bits, compiled), full_scale
 
 
 def tile_slices(n_rows: int, tile_rows: int) -> list[slice]:

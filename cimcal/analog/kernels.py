@@ -55,7 +55,7 @@ def _disk_cache_available() -> bool:
 
 _CACHE = _disk_cache_available()
 
-__all__ = ["philox_bits", "draw_key", "substream", "abs_kth", "running_kth", "dac_quantize", "sample_pairs", "AdcConverter", "adc_convert", "KERNEL_DTYPES"]
+__all__ = ["philox_bits", "draw_key", "substream", "abs_kth", "running_kth", "dac_quantize", "calibrated_dac", "sample_pairs", "AdcConverter", "adc_convert", "KERNEL_DTYPES"]
 
 KERNEL_DTYPES = (torch.float32,)
 
@@ -140,18 +140,18 @@ class _Kernel:
         self.serial = njit(cache=_CACHE, boundscheck=False)(serial)
         self.parallel = njit(parallel=True, cache=_CACHE, boundscheck=False)(fn)
 
-    def __call__(self, n_elements: int, *args: Any) -> None:
+    def __call__(self, n_elements: int, *args: Any) -> Any:
         torch_threads = torch.get_num_threads()
         threads = max(1, min(torch_threads, numba.config.NUMBA_NUM_THREADS))
         with _LOCK:
             if threads > 1 and n_elements >= self.PARALLEL_MIN:
                 if numba.get_num_threads() != threads:
                     numba.set_num_threads(threads)
-                self.parallel(*args)
+                result = self.parallel(*args)
                 if torch.get_num_threads() != torch_threads:  # the OpenMP pool's start-up reset it
                     torch.set_num_threads(torch_threads)
-            else:
-                self.serial(*args)
+                return result
+            return self.serial(*args)
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -242,6 +242,32 @@ def dac_quantize(x: torch.Tensor, full_scale: float, bits: int) -> torch.Tensor:
     out = torch.empty_like(x)
     _dac(x.numel(), _np(x).reshape(-1), np.float32(full_scale), np.float32(q_max), np.float32(1.0 / q_max), out.numpy().reshape(-1))
     return out
+
+
+@_Kernel
+def _calibrated_dac(x, starts, line, k, state, momentum, update, q_max, step, out):  # noqa: ANN001
+    scale = np.float32(_running_kth(x, starts, line, k, state, momentum, update))
+    n = x.size
+    for b in prange((n + _BLOCK_ELEMENTS - 1) // _BLOCK_ELEMENTS):
+        for i in range(_U(b * _BLOCK_ELEMENTS), _U(min(n, (b + 1) * _BLOCK_ELEMENTS))):
+            v = min(max(x[i] / scale, np.float32(-1.0)), np.float32(1.0))
+            out[i] = np.rint(v * q_max) * step
+    return scale
+
+
+def calibrated_dac(
+    x: torch.Tensor, starts: torch.Tensor, line: int, k: int, state: torch.Tensor, momentum: float, update: bool, bits: int
+) -> tuple[torch.Tensor, float]:
+    """:func:`running_kth` on ``x`` (contiguous float32) into ``state``, then the DAC at the resulting full scale,
+    in one call: (quantized x, full scale)."""
+    q_max = float(2 ** (bits - 1) - 1)
+    out = torch.empty_like(x)
+    flat = _np(x).reshape(-1)
+    scale = _calibrated_dac(
+        x.numel(), flat, _np(starts), line, k, _np(state).reshape(1), momentum, update, np.float32(q_max),
+        np.float32(1.0 / q_max), out.numpy().reshape(-1),
+    )
+    return out, float(scale)
 
 
 # ------------------------------------------------------------------------------------------- weights

@@ -28,6 +28,7 @@ from cimcal.analog import kernels
 from cimcal.analog.config import AnalogConfig
 from cimcal.analog.converters import AdcTables, adc_columns, build_adc_tables, pack_bits
 from cimcal.analog.crossbar import (
+    calibrated_inputs,
     conv_channel_tiles,
     quantize_inputs,
     row_abs_max,
@@ -167,14 +168,21 @@ class AnalogLayer:
     def _updating(self) -> bool:
         return self.training or self.calibrating
 
-    def _input_full_scale(self, x2d: torch.Tensor) -> float:
-        """The DAC full scale: the config's fixed range, else the running input percentile (updated first while
-        training or calibrating, and on the first batch a layer ever sees)."""
-        if self.config.input_range is not None:
-            return float(self.config.input_range)
+    def _input_dac(self, x: torch.Tensor, quantize: bool = True) -> tuple[torch.Tensor | None, float]:
+        """(DAC codes of ``x`` if ``quantize``, else None; the DAC full scale). The full scale is the config's fixed
+        range, else the running input percentile, updated first while training or calibrating and on the first
+        batch a layer ever sees (calibration and DAC in one compiled pass where possible)."""
         cfg = self.config
+        if cfg.input_range is not None:
+            full_scale = float(cfg.input_range)
+            return (quantize_inputs(x, full_scale, cfg.dac_bits, cfg.compile) if quantize else None), full_scale
         with torch.no_grad():
-            return running_percentile(self.input_range_, x2d, cfg.input_percentile, cfg.calib_momentum, self._updating())
+            if quantize:
+                return calibrated_inputs(
+                    x, self.input_range_, cfg.input_percentile, cfg.calib_momentum, self._updating(), cfg.dac_bits,
+                    cfg.compile,
+                )
+            return None, running_percentile(self.input_range_, x, cfg.input_percentile, cfg.calib_momentum, self._updating())
 
     def _psum_scale(self, psum_tiles: list[Any]) -> float:
         """The running psum scale; on the very first batch, a stats pass over the tiles sets it first."""
@@ -219,8 +227,7 @@ class AnalogLayer:
         Returns (y, bit-packed (tile, row, output) mask of unsaturated conversions or None, noisy W or None).
         """
         cfg = self.config
-        full_scale = self._input_full_scale(x2d)
-        xq = quantize_inputs(x2d, full_scale, cfg.dac_bits, cfg.compile)
+        xq, full_scale = self._input_dac(x2d)
         stream = kernels.draw_key(self.generator)  # one draw per call: weights, then conversions (sub-streams)
         wn, w_max = self._noisy_weights(w2d, stream)
         psum_tiles = [
@@ -240,19 +247,19 @@ class AnalogLayer:
         bounded output size (one chip read for all chunks). Mask order: (tile, N, O, H, W)."""
         cfg = self.config
         out_ch, in_ch, kh, kw = weight.shape
-        full_scale = self._input_full_scale(x)
-        stream = kernels.draw_key(self.generator)  # one draw per call: weights, then each chunk's conversions
-        wn, w_max = self._noisy_weights(weight.reshape(out_ch, -1), stream)
-        wn = wn.view_as(weight)
-        groups = conv_channel_tiles(in_ch, kh * kw, cfg.tile_rows)
         n, _, h, w = x.shape
         oh = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
         ow = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
         per_chunk = max(1, _CONV_CHUNK_ELEMS // max(1, out_ch * oh * ow))
+        x_all, full_scale = self._input_dac(x, quantize=per_chunk >= n)  # one chunk: quantized with the calibration
+        stream = kernels.draw_key(self.generator)  # one draw per call: weights, then each chunk's conversions
+        wn, w_max = self._noisy_weights(weight.reshape(out_ch, -1), stream)
+        wn = wn.view_as(weight)
+        groups = conv_channel_tiles(in_ch, kh * kw, cfg.tile_rows)
         y = None if per_chunk >= n else x.new_empty(n, out_ch, oh, ow)  # one chunk: its result is the output
         masks, stats = [], []
         for chunk, start in enumerate(range(0, n, per_chunk)):
-            xq = quantize_inputs(x[start : start + per_chunk], full_scale, cfg.dac_bits, cfg.compile)
+            xq = x_all if x_all is not None else quantize_inputs(x[start : start + per_chunk], full_scale, cfg.dac_bits, cfg.compile)
             psum_tiles = [
                 (lambda out=None, cs=cs, xq=xq: F.conv2d(xq[:, cs], wn[:, cs], None, stride, padding, dilation))
                 for cs in groups
@@ -267,6 +274,7 @@ class AnalogLayer:
             if mask is not None:
                 masks.append(mask)
             del xq, y_chunk, psum_tiles
+        del x_all
         self._update_psum_scale(torch.cat(stats) if len(stats) > 1 else (stats[0] if stats else None))
         mask = pack_bits(torch.cat(masks, dim=1)) if masks else None
         noisy_w = wn.mul_(w_max.view(-1, 1, 1, 1)) if cfg.grad_x_weight == "noisy" else None
@@ -274,7 +282,7 @@ class AnalogLayer:
 
     def _gaussian_prepare(self, x: torch.Tensor, w2d: torch.Tensor) -> tuple[torch.Tensor, float, torch.Tensor, torch.Tensor]:
         cfg = self.config
-        full_scale = self._input_full_scale(x.detach())
+        _, full_scale = self._input_dac(x.detach(), quantize=False)
         q_max = float(2 ** (cfg.dac_bits - 1) - 1)
         xq = RoundSTE.apply(torch.clamp(x / full_scale, -1.0, 1.0) * q_max) / q_max
         w_max = w2d.detach().abs().amax(dim=1).clamp_min(1e-12)

@@ -194,3 +194,17 @@ def test_the_statistics_sample_spreads_whole_cache_lines_over_the_tensor():
         covered = torch.zeros(cols, dtype=torch.bool)
         covered[(sample.long() % cols).reshape(-1)] = True
         assert float(covered.float().mean()) > 0.95, (rows, cols)  # nearly every column, whatever the row length
+
+
+@pytest.mark.parametrize("n", [300, 70_000])  # serial and parallel kernel
+def test_calibrated_dac_equals_the_running_percentile_then_the_dac(n):
+    from cimcal.analog.converters import dac_quantize
+    from cimcal.analog.crossbar import calibrated_inputs, running_percentile
+
+    x = torch.randn(n // 100, 100, generator=torch.Generator().manual_seed(3)) * 3
+    for start, update in ((0.0, False), (2.0, True), (2.0, False)):
+        state_k, state_t = torch.tensor(start), torch.tensor(start)
+        xq, full_scale = calibrated_inputs(x, state_k, 99.0, 0.1, update, 6, compiled=True)
+        expected_scale = running_percentile(state_t, x.double(), 99.0, 0.1, update)  # the torch path
+        assert full_scale == pytest.approx(expected_scale, rel=1e-6) and float(state_k) == float(state_t)
+        assert torch.equal(xq, dac_quantize(x, full_scale, 6))
