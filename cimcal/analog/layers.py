@@ -243,15 +243,16 @@ class AnalogLayer:
         self, x: torch.Tensor, weight: torch.Tensor, stride: Any, padding: Any, dilation: Any
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Chip forward of a conv2d: each tile holds whole kernel patches of a group of input channels, so a
-        tile's partial sums are a conv over that channel group (no im2col). Images go through in chunks of
-        bounded output size (one chip read for all chunks). Mask order: (tile, N, O, H, W)."""
+        tile's partial sums are a conv over that channel group (no im2col). The DAC codes of all images come from
+        one pass (input-sized); the convs and conversions go through in chunks of images of bounded output size
+        (one chip read for all chunks). Mask order: (tile, N, O, H, W)."""
         cfg = self.config
         out_ch, in_ch, kh, kw = weight.shape
         n, _, h, w = x.shape
         oh = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
         ow = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
         per_chunk = max(1, _CONV_CHUNK_ELEMS // max(1, out_ch * oh * ow))
-        x_all, full_scale = self._input_dac(x, quantize=per_chunk >= n)  # one chunk: quantized with the calibration
+        xq_all, full_scale = self._input_dac(x)  # calibration and DAC of every image in one pass
         stream = kernels.draw_key(self.generator)  # one draw per call: weights, then each chunk's conversions
         wn, w_max = self._noisy_weights(weight.reshape(out_ch, -1), stream)
         wn = wn.view_as(weight)
@@ -259,7 +260,7 @@ class AnalogLayer:
         y = None if per_chunk >= n else x.new_empty(n, out_ch, oh, ow)  # one chunk: its result is the output
         masks, stats = [], []
         for chunk, start in enumerate(range(0, n, per_chunk)):
-            xq = x_all if x_all is not None else quantize_inputs(x[start : start + per_chunk], full_scale, cfg.dac_bits, cfg.compile)
+            xq = xq_all[start : start + per_chunk]
             psum_tiles = [
                 (lambda out=None, cs=cs, xq=xq: F.conv2d(xq[:, cs], wn[:, cs], None, stride, padding, dilation))
                 for cs in groups
@@ -274,7 +275,7 @@ class AnalogLayer:
             if mask is not None:
                 masks.append(mask)
             del xq, y_chunk, psum_tiles
-        del x_all
+        del xq_all
         self._update_psum_scale(torch.cat(stats) if len(stats) > 1 else (stats[0] if stats else None))
         mask = pack_bits(torch.cat(masks, dim=1)) if masks else None
         noisy_w = wn.mul_(w_max.view(-1, 1, 1, 1)) if cfg.grad_x_weight == "noisy" else None
