@@ -162,7 +162,7 @@ def adc_convert_tile(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Convert one tile's partial sums and accumulate: returns (acc + read-back, saturated or None).
 
-    The eager reference of :func:`cimcal.analog.kernels.adc_convert` (same arithmetic, same values for the
+    The eager reference of :class:`cimcal.analog.kernels.AdcConverter` (same arithmetic, same values for the
     same random bytes). psum (N, O, ...) unit partial sums; ``psum * grid_scale + grid_shift`` is the
     position on the input grid and ``|psum| > psum_scale`` is outside the ADC's measured range (saturated;
     computed only if ``want_saturated``). ``knot`` and ``grid_byte`` (integer tensors shaped like psum, values

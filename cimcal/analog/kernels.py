@@ -1,5 +1,5 @@
 """Compiled kernels of the analog forward (numba): noisy weight pairs and ADC conversions, one pass each
-(plus two small helpers: the input DAC in one pass, and the calibration percentile without a copy).
+(plus the input calibration and DAC in one pass, and the running calibration percentile without a copy).
 
 The forward's cost is random numbers and table gathers, not arithmetic. These kernels draw their random
 bits inside the loop, from Philox2x32-10 (Salmon et al., SC'11, "Parallel random numbers: as easy as
@@ -7,7 +7,7 @@ bits inside the loop, from Philox2x32-10 (Salmon et al., SC'11, "Parallel random
 ever written to memory. Every element gets 16 random bits: a (rows, length) array is padded to rows of a
 multiple of 4 elements, and group ``g`` of 4 consecutive elements shares the 64 output bits of
 ``philox(counter=(g mod 2**32, nonce + g div 2**32), key)``, 16 bits each; ``(key, nonce)`` are drawn from
-the layer's ``torch.Generator`` once per call. :func:`philox_bits` computes the same bits with torch ops,
+the layer's ``torch.Generator`` once per layer call, whose kernel calls take sub-streams of it (:func:`substream`). :func:`philox_bits` computes the same bits with torch ops,
 so the eager reference (``AnalogConfig(compile=False)``, non-CPU devices, float64) and the kernels agree
 value for value.
 
@@ -55,7 +55,7 @@ def _disk_cache_available() -> bool:
 
 _CACHE = _disk_cache_available()
 
-__all__ = ["philox_bits", "draw_key", "substream", "abs_kth", "running_kth", "dac_quantize", "calibrated_dac", "sample_pairs", "AdcConverter", "adc_convert", "KERNEL_DTYPES"]
+__all__ = ["philox_bits", "draw_key", "substream", "abs_kth", "running_kth", "dac_quantize", "calibrated_dac", "sample_pairs", "AdcConverter", "KERNEL_DTYPES"]
 
 KERNEL_DTYPES = (torch.float32,)
 
@@ -544,29 +544,3 @@ class AdcConverter:
         _adc(psum.numel(), _np(acc).reshape(shape), psum_np.reshape(shape), psum_np.reshape(-1), accumulate, row0, stats0,
              _NO_PASSES if passes is None else passes.numpy().reshape(shape), *self._const)
         return passes
-
-
-def adc_convert(
-    acc: torch.Tensor,
-    psum: torch.Tensor,
-    accumulate: bool,
-    col_base: torch.Tensor,
-    col_gain: torch.Tensor,
-    col_offset: torch.Tensor,
-    row_scale: torch.Tensor,
-    factor: float,
-    grid_scale: float,
-    grid_shift: float,
-    limit: float,
-    interpolate: bool,
-    n_points: int,
-    codes: torch.Tensor,
-    key: int,
-    nonce: int,
-    want_passes: bool,
-    row0: int = 0,
-) -> torch.Tensor | None:
-    """One conversion call of :class:`AdcConverter` (no calibration sample)."""
-    converter = AdcConverter(col_base, col_gain, col_offset, row_scale, factor, grid_scale, grid_shift, limit, interpolate,
-                             n_points, codes, key, nonce, want_passes)
-    return converter(acc, psum, accumulate, row0)

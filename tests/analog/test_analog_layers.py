@@ -75,9 +75,9 @@ def test_adc_codes_match_the_profile_per_column(fitted_profile, compiled):
             key, nonce = kernels.draw_key(gen)
             if compiled:
                 codes = torch.empty_like(psum)
-                passes = kernels.adc_convert(codes, psum, False, col_base, torch.ones(1), torch.zeros(1), torch.ones(1), 1.0,
-                                             *geometry[:3],
-                                             geometry[3], tables.n_points, tables.codes, key, nonce, True)
+                convert = kernels.AdcConverter(col_base, torch.ones(1), torch.zeros(1), torch.ones(1), 1.0, *geometry[:3],
+                                               geometry[3], tables.n_points, tables.codes, key, nonce, True)
+                passes = convert(codes, psum, False)
                 saturated = ~passes
             else:
                 bits = kernels.philox_bits(1, n, key, nonce).view(1, 1, n)
