@@ -208,6 +208,9 @@ def _layer_plan(name: str, layer: Any, profile: Any, geometry: ChipGeometry, sor
         raise ProfileError(f"{name}: deployment needs a profile with both conductance and ADC models")
     w2d = layer.weight.detach().reshape(layer.weight.shape[0], -1).float()
     n_out, n_in = w2d.shape
+    if not bool(torch.isfinite(w2d).all()):
+        row, col = (~torch.isfinite(w2d)).nonzero()[0].tolist()
+        raise ConfigError(f"{name}: weight[{row}, {col}] is {float(w2d[row, col])}; only finite weights can be programmed")
     w_max = w2d.abs().amax(dim=1).clamp_min(1e-12)
     position, sign = levels_and_sign(w2d / w_max[:, None], layer.lut_level_of_fine)
     active = sorted_levels[position.long().numpy()]  # (O, K) chip level ids

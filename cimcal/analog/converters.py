@@ -170,14 +170,15 @@ def adc_convert_tile(
     ``interpolate`` is 1, the nearest if 0). col_base (O, 1, ...) int32 offsets of each output's column in
     ``codes``; deq_* map a code straight back to unit partial-sum space.
     """
-    saturated = psum.abs() > psum_scale if want_saturated else None
-    position = (psum * grid_scale + grid_shift).clamp(0, n_points - 1)
+    saturated = ~(psum.abs() <= psum_scale) if want_saturated else None  # NaN counts as saturated
+    # a NaN partial sum converts at grid point 0 and reads back NaN, as in the kernel
+    position = (psum * grid_scale + grid_shift).clamp(0, n_points - 1).nan_to_num(0.0)
     below = position.floor()
     threshold = (grid_byte.to(torch.float32) + 0.5) * interpolate + 128.0 * (1.0 - interpolate)
     point = (below + (threshold < (position - below) * 256.0).to(torch.float32)).clamp(max=n_points - 1)
     index = col_base.long() + point.long() * N_KNOTS + knot.long()
     code = codes[index].to(torch.float32)
-    return acc + (code * deq_gain + deq_offset), saturated
+    return acc + (code * deq_gain + deq_offset + (psum - psum)), saturated
 
 
 def pack_bits(mask: torch.Tensor) -> torch.Tensor:

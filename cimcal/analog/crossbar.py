@@ -106,7 +106,8 @@ def stats_sample(values: torch.Tensor) -> torch.Tensor:
     starts, line = sample_plan(flat.numel())
     if starts.numel() == 1:
         return flat[:line]
-    return flat[(starts[:, None] + torch.arange(line, device=flat.device)).reshape(-1)]
+    # the index is built on the CPU, where the plan lives; a CPU index selects from a tensor on any device
+    return flat[(starts[:, None] + torch.arange(line)).reshape(-1)]
 
 
 def _kth_rank(n: int, percentile: float) -> int:
@@ -250,7 +251,7 @@ def tiled_adc_mvm(
                 )
         target = psum if first else acc
         row0 = t * psum.shape[0]
-        if converter is not None and psum.is_contiguous():
+        if converter is not None and psum.is_contiguous() and target.is_contiguous():
             passes = converter(target, psum, not first, row0, t * per_tile)
         else:
             stats[t * per_tile : (t + 1) * per_tile] = stats_sample(psum)

@@ -1,5 +1,5 @@
 """Compiled kernels of the analog forward (numba): noisy weight pairs and ADC conversions, one pass each
-(plus the input calibration and DAC in one pass, and the running calibration percentile without a copy).
+(plus the input calibration and DAC in one pass, and the running calibration percentile in one call).
 
 The forward's cost is random numbers and table gathers, not arithmetic. These kernels draw their random
 bits inside the loop, from Philox2x32-10 (Salmon et al., SC'11, "Parallel random numbers: as easy as
@@ -21,6 +21,7 @@ count, small ones serially. Inputs are float32 CPU arrays (numpy views of torch 
 
 from __future__ import annotations
 
+import math
 import threading
 import types
 from typing import Any
@@ -55,7 +56,7 @@ def _disk_cache_available() -> bool:
 
 _CACHE = _disk_cache_available()
 
-__all__ = ["philox_bits", "draw_key", "substream", "abs_kth", "running_kth", "dac_quantize", "calibrated_dac", "sample_pairs", "AdcConverter", "KERNEL_DTYPES"]
+__all__ = ["philox_bits", "draw_key", "substream", "running_kth", "dac_quantize", "calibrated_dac", "sample_pairs", "AdcConverter", "KERNEL_DTYPES"]
 
 KERNEL_DTYPES = (torch.float32,)
 
@@ -123,6 +124,8 @@ def substream(stream: tuple[int, int], i: int) -> tuple[int, int]:
     """Sub-stream ``i`` (< 2**16) of a drawn (key, nonce): the nonce moved by ``i << 16``. A call's counters stay
     below ``2**32`` groups per nonce step unless it has over ``2**48`` elements, so the sub-streams of one draw
     (weights, then each chunk of ADC conversions) never share a counter."""
+    if not 0 <= i < 1 << 16:
+        raise ValueError(f"sub-stream index {i} outside 0..65535")
     key, nonce = stream
     return key, (nonce + (i << 16)) & 0xFFFFFFFF
 
@@ -195,11 +198,6 @@ def _abs_kth(flat, k):  # noqa: ANN001
                 j += 1
             top[j] = v
     return np.float32(np.nan) if nans >= m else top[nans]
-
-
-def abs_kth(flat: torch.Tensor, k: int) -> float:
-    """The k-th smallest (1-based) of ``|flat|`` (1-d contiguous float32 CPU): one pass, no copies."""
-    return float(_abs_kth(_np(flat), k))
 
 
 @njit(cache=_CACHE)
@@ -318,11 +316,11 @@ def _fine(v, top):  # noqa: ANN001
 # loads in flight), then the arithmetic on the gathered values. Fused into one loop the same work costs ~3x.
 
 @njit(inline="always", cache=_CACHE)
-def _row_levels(w, ui, c0, s, cols, level_of_fine, fine, level):  # noqa: ANN001
-    """Level of the active device of each pair of row ``ui`` (columns c0..c0+cols-1, scaled by ``s``)."""
+def _row_levels(w, ui, s, cols, level_of_fine, fine, level):  # noqa: ANN001
+    """Level of the active device of each pair of row ``ui`` (scaled by ``s``)."""
     top = np.float32(level_of_fine.size - 1)
     for j in range(_U(cols)):
-        fine[j] = _fine(w[ui, c0 + j] * s, top)
+        fine[j] = _fine(w[ui, j] * s, top)
     for j in range(_U(cols)):
         level[j] = level_of_fine[_U(fine[j])]
 
@@ -357,7 +355,7 @@ def _pairs(w, level_of_fine, read_unit, key, nonce, out, w_max):  # noqa: ANN001
             ui = _U(i)
             s = _row_scale(w, ui, cols, w_max)
             _fill_row_bits(words64, i, nonce, key)
-            _row_levels(w, ui, _U(0), s, cols, level_of_fine, fine, level)
+            _row_levels(w, ui, s, cols, level_of_fine, fine, level)
             for j in range(_U(cols)):
                 r = _U(words[j])
                 g_active[j] = read_unit[_U(level[j]) * _U(256) + (r & _U(255))]
@@ -379,7 +377,7 @@ def _pairs_instance(w, ranks, level_of_fine, programmed_unit, read_noise_unit, k
             ui = _U(i)
             s = _row_scale(w, ui, cols, w_max)
             _fill_row_bits(words64, i, nonce, key)
-            _row_levels(w, ui, _U(0), s, cols, level_of_fine, fine, level)
+            _row_levels(w, ui, s, cols, level_of_fine, fine, level)
             for j in range(_U(cols)):
                 r = _U(words[j])
                 row = _U(level[j]) * _U(256)
@@ -539,7 +537,7 @@ class AdcConverter:
         random bits as row ``row0 + a`` of the (key, nonce) stream, so the tiles of one layer call share one key;
         the sample goes to ``stats[stats0:]``."""
         passes = torch.empty(psum.shape, dtype=torch.bool) if self.want_passes else None
-        shape = (psum.shape[0], psum.shape[1], -1)
+        shape = (psum.shape[0], psum.shape[1], math.prod(psum.shape[2:]))  # (N, O, inner); N may be 0
         psum_np = _np(psum)
         _adc(psum.numel(), _np(acc).reshape(shape), psum_np.reshape(shape), psum_np.reshape(-1), accumulate, row0, stats0,
              _NO_PASSES if passes is None else passes.numpy().reshape(shape), *self._const)

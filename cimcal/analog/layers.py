@@ -257,7 +257,8 @@ class AnalogLayer:
         wn, w_max = self._noisy_weights(weight.reshape(out_ch, -1), stream)
         wn = wn.view_as(weight)
         groups = conv_channel_tiles(in_ch, kh * kw, cfg.tile_rows)
-        y = None if per_chunk >= n else x.new_empty(n, out_ch, oh, ow)  # one chunk: its result is the output
+        # one chunk: its result is the output; an empty batch has no chunk
+        y = x.new_empty(n, out_ch, oh, ow) if per_chunk < n or n == 0 else None
         masks, stats = [], []
         for chunk, start in enumerate(range(0, n, per_chunk)):
             xq = xq_all[start : start + per_chunk]

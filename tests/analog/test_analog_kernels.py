@@ -105,12 +105,14 @@ def test_a_parallel_kernel_call_keeps_torchs_thread_count(monkeypatch):
 
 
 def test_large_calls_run_in_blocks_and_equal_the_eager_reference(fitted_profile):
-    """Calls above the parallel threshold, several rows per scratch block: same values as the torch path."""
+    """Calls above the parallel threshold on two threads, several rows per scratch block: same values as the
+    torch path, NaN and infinite partial sums included."""
     from cimcal.analog.converters import adc_columns
     from cimcal.analog.crossbar import row_abs_max, sample_unit_weight, tiled_adc_mvm
     from cimcal.analog.layers import profile_tables
 
     assert 700 * 150 >= kernels._Kernel.PARALLEL_MIN
+    torch.set_num_threads(2)  # the autouse fixture restores it; 2 threads run the kernels' parallel versions
     cond, adc = profile_tables(fitted_profile, None)
     tables = {name: getattr(cond, name) for name in ("level_of_fine", "read_unit", "programmed_unit", "read_noise_unit")}
     w = torch.randn(700, 400, generator=torch.Generator().manual_seed(3))
@@ -126,6 +128,7 @@ def test_large_calls_run_in_blocks_and_equal_the_eager_reference(fitted_profile)
     assert bool(weights[1][0][5].isnan().all()) and not bool(weights[1][0][6].isnan().any())
 
     psum = torch.randn(300, 700, generator=torch.Generator().manual_seed(5)) * 0.5
+    psum[3, :3] = torch.tensor([float("nan"), float("inf"), -float("inf")])  # saturated, read back as NaN
     codes = {"codes": adc.codes} | adc_columns(adc, psum.shape[1])
     geometry = (adc.x_lo, adc.x_hi, adc.grid_x0, adc.grid_step, adc.n_points, adc.interpolate)
     out_scale = torch.rand(psum.shape[1], generator=torch.Generator().manual_seed(7)) + 0.5
@@ -135,8 +138,12 @@ def test_large_calls_run_in_blocks_and_equal_the_eager_reference(fitted_profile)
                       reuse_buffer=True)
         for compiled in (False, True)
     ]
-    assert torch.allclose(converted[0][0], converted[1][0], rtol=1e-6, atol=1e-6)
-    assert torch.equal(converted[0][1], converted[1][1])
+    (y0, mask0, stats0), (y1, mask1, stats1) = converted
+    assert bool(y1[3, :3].isnan().all()) and bool(y1[296, :3].isnan().all()) and int(y1.isnan().sum()) == 6
+    assert torch.equal(y0.isnan(), y1.isnan())
+    assert torch.allclose(y0.nan_to_num(7.0), y1.nan_to_num(7.0), rtol=1e-6, atol=1e-6)
+    assert torch.equal(mask0, mask1) and not bool(mask1[0, 3, :3].any() or mask1[1, 296, :3].any())  # saturated
+    assert torch.equal(stats0.nan_to_num(7.0), stats1.nan_to_num(7.0))  # the same calibration sample
 
 
 def test_dac_kernel_equals_the_torch_quantizer():
@@ -201,6 +208,7 @@ def test_calibrated_dac_equals_the_running_percentile_then_the_dac(n):
     from cimcal.analog.converters import dac_quantize
     from cimcal.analog.crossbar import calibrated_inputs, running_percentile
 
+    torch.set_num_threads(2)  # the autouse fixture restores it; the parallel kernel from 2**16 elements on
     x = torch.randn(n // 100, 100, generator=torch.Generator().manual_seed(3)) * 3
     for start, update in ((0.0, False), (2.0, True), (2.0, False)):
         state_k, state_t = torch.tensor(start), torch.tensor(start)
@@ -208,3 +216,20 @@ def test_calibrated_dac_equals_the_running_percentile_then_the_dac(n):
         expected_scale = running_percentile(state_t, x.double(), 99.0, 0.1, update)  # the torch path
         assert full_scale == pytest.approx(expected_scale, rel=1e-6) and float(state_k) == float(state_t)
         assert torch.equal(xq, dac_quantize(x, full_scale, 6))
+
+
+def test_the_statistics_sample_indexes_tensors_on_any_device():
+    """The plan's index lives on the CPU; the sample of a tensor elsewhere (here: meta) keeps its device."""
+    from cimcal.analog.crossbar import stats_sample
+
+    sample = stats_sample(torch.empty(300, 1000, device="meta"))
+    assert sample.device.type == "meta" and sample.numel() == stats_sample(torch.zeros(300, 1000)).numel()
+
+
+def test_sub_streams_of_one_draw_are_distinct_and_bounded():
+    stream = (123, 0xFFFF0000)
+    nonces = {kernels.substream(stream, i)[1] for i in range(1 << 16)}
+    assert len(nonces) == 1 << 16 and all(kernels.substream(stream, i)[0] == 123 for i in (0, 65535))
+    for bad in (-1, 1 << 16):
+        with pytest.raises(ValueError, match="sub-stream index"):
+            kernels.substream(stream, bad)

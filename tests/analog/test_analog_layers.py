@@ -111,6 +111,18 @@ def test_inputs_beyond_tile_rows_are_split_into_tiles(fitted_profile, monkeypatc
     assert len(calls) == 1
 
 
+@pytest.mark.parametrize("compiled", [False, True])
+def test_an_empty_batch_passes_through_both_layers(fitted_profile, compiled):
+    for layer, shape in ((AnalogConv2d(3, 5, 3, profile=fitted_profile, config=AnalogConfig(compile=compiled)), (3, 8, 8)),
+                         (AnalogLinear(20, 7, profile=fitted_profile, config=AnalogConfig(compile=compiled)), (20,))):
+        layer(torch.rand((4,) + shape))  # calibrates
+        x = torch.rand((0,) + shape, requires_grad=True)
+        y = layer(x)
+        assert y.shape == (0,) + layer(torch.rand((2,) + shape)).shape[1:]
+        y.sum().backward()
+        assert x.grad.shape == x.shape and layer.weight.grad is not None
+
+
 def test_noise_none_is_the_clean_op(fitted_profile):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 10))

@@ -97,3 +97,19 @@ def test_conv_tiles_hold_whole_kernel_patches_as_the_layer_tiles_them(profile, s
     spans = sorted({(s.in_start, s.in_stop) for s in plan.layers["0"].slots})
     assert spans == [(0, 252), (252, 504), (504, 576)]  # 28 channels x 9 kernel cells per 256-row tile
     assert plan.deviations == []
+
+
+def test_a_non_finite_weight_is_refused_with_its_layer_and_position(profile, sim_chip):
+    from torch import nn
+
+    from cimcal.analog import AnalogConfig, convert
+    from cimcal.errors import ConfigError
+
+    model = convert(nn.Sequential(nn.Linear(16, 4)), profile, AnalogConfig(compile=False))
+    layer = model[0]
+    layer.input_range_.fill_(1.0)
+    layer.psum_scale_.fill_(5.0)
+    with torch.no_grad():
+        layer.weight[2, 11] = float("nan")
+    with pytest.raises(ConfigError, match=r"^0: weight\[2, 11\] is nan"):
+        plan_deployment(model, profile, _geometry(sim_chip))
