@@ -120,7 +120,8 @@ def _peak_rss(out: dict[str, float], interval_s: float = 0.005) -> Iterator[None
 
 
 # ---------------------------------------------------------------------- sizes
-def _sizes(quick: bool) -> dict[str, Any]:
+def demo_sizes(quick: bool) -> dict[str, Any]:
+    """Campaign plans, model and training sizes of the demo (``quick``: the reduced smoke run)."""
     if quick:
         return {"levels": dict(rows=(0, 64), cols=(0, 64), n_reads=2),
                 "readnoise": dict(rows=(0, 32), cols=(0, 32), n_reads=20, reads_per_chunk=10),
@@ -180,7 +181,7 @@ def run_demo(
 
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
-    sizes = _sizes(quick)
+    sizes = demo_sizes(quick)
     epochs = sizes["epochs"] if epochs is None else epochs
     mc = sizes["mc"] if mc is None else mc
     result = DemoResult(rows=[], validation_passed=False)

@@ -7,7 +7,11 @@ import sys
 
 import click
 
+from cimcal.demo import demo_sizes
+
 __all__ = ["deploy", "demo"]
+
+_FULL, _QUICK = demo_sizes(quick=False), demo_sizes(quick=True)
 
 
 @click.command()
@@ -84,8 +88,10 @@ def deploy(checkpoint, profile, resource, task, preset, chip_seed, mc, eval_seed
 @click.option("--preset", default="rram", show_default=True, help="Simulated chip preset (rram, rram-inl, pcm).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Chip, split, init and noise seed.")
 @click.option("--quick", is_flag=True, help="Reduced size (small campaigns and model, few epochs): a smoke run.")
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Training epochs (default 20; quick 3).")
-@click.option("--mc", type=click.IntRange(min=1), default=None, help="Chip instances of the prediction (default 20).")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help=f"Training epochs (default {_FULL['epochs']}; quick {_QUICK['epochs']}).")
+@click.option("--mc", type=click.IntRange(min=1), default=None,
+              help=f"Chip instances of the prediction (default {_FULL['mc']}; quick {_QUICK['mc']}).")
 @click.option("--t-s", type=float, default=None,
               help="Inference time after programming (s, drift) to train for, predict and wait for on the chip.")
 @click.option("--progress/--no-progress", default=None, help="Progress bars (default: when stderr is a terminal).")
