@@ -178,7 +178,8 @@ def deploy_model(
     analog_config : the AnalogConfig the model was trained/evaluated with (its ``t_s`` and converters).
     key : identifies the model for resume (``deploy_checkpoint`` uses the checkpoint's sha256).
     state_path : JSON state file that makes an interrupted deployment resumable (None: no resume).
-    mc, seed : Monte-Carlo chip instances and seed of the prediction (skipped if ``predicted`` given).
+    mc, seed : Monte-Carlo chip instances and seed of the prediction (``mc`` unused if ``predicted`` is given;
+        ``seed`` also seeds the DAC and partial-sum calibration).
     predicted : an :class:`cimcal.train.EvalResult` already computed for this model and profile.
     on_chunk : called with the running count of programming chunks (tests use it to interrupt).
     arrays : the arrays to use; slots beyond them are programmed in turns. Default: the arrays the profile's

@@ -1,7 +1,7 @@
 """Resumable programming: a small JSON state file recording which array holds which slot.
 
-Keyed by the checkpoint's sha256 and the chip's ``*IDN?``; a state file for another checkpoint or chip is
-ignored (everything is programmed afresh). Per array it records the slot (key and cell-list digest)
+Keyed by the checkpoint's sha256, the profile's sha256 and the chip's ``*IDN?``; a state file for another
+checkpoint, profile or chip is ignored (everything is programmed afresh). Per array it records the slot (key and cell-list digest)
 and, for every programming chunk the chip finished, the sha256 of the chip's own ``PROG:TIME?`` stamps
 of that chunk's cells. On a rerun a chunk is skipped only if the chip still reports exactly those
 stamps (so nothing reprogrammed it since) and no cell of it reads ``PROG:RES?`` = 0. The chip stays

@@ -60,7 +60,7 @@ class AnalogConfig:
             noisy weight sampled in forward instead of W: one weight-sized tensor more).
         compile: run weight sampling and ADC conversion as compiled kernels (:mod:`cimcal.analog.kernels`,
             numba; compiled on first use and cached on disk) on float32 CPU tensors; ``False`` runs their eager
-            torch reference (the same values; ~2.5x slower on large layers; always used on other devices and dtypes).
+            torch reference (the same values; ~3.5x slower on large layers; always used on other devices and dtypes).
     """
 
     noise: str = "lut"

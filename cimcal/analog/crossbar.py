@@ -1,8 +1,8 @@
 """The tiled crossbar forward: noisy weights, tile MVMs, ADC conversion of each tile's partial sums.
 
 Pure functions over tensors; the layers own the tables (buffers) and call these. Everything here runs
-under ``torch.no_grad`` inside the extended-STE Function, except :func:`gaussian_tiled_mvm`, the
-differentiable baseline.
+under ``torch.no_grad`` inside the extended-STE Function (the differentiable baseline lives in
+:mod:`cimcal.analog.gaussian`).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ at the end of forward.
 
 ``sim`` is any object with ``tile_rows: int``, ``simulate_mvm(x2d, w2d)`` and
 ``simulate_conv(x, w, stride, padding, dilation)``, each returning ``(y, packed_mask | None, noisy_w | None)``
-(the mask bit-packed in (tile, im2col row, output) order): an analog layer, or
+(the mask bit-packed in (tile, batch row, output) order for linear layers, (tile, N, O, H, W) for convs): an analog layer, or
 :class:`IdealTiles` (no noise, no converters: the clean path that gradcheck exercises).
 
 The Functions use the ``forward(ctx, ...)`` form: with a separate ``setup_context`` an ``apply`` cost

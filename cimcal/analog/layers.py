@@ -383,7 +383,8 @@ class AnalogLinear(AnalogLayer, nn.Linear):
 
 
 class AnalogConv2d(AnalogLayer, nn.Conv2d):
-    """``nn.Conv2d`` (groups=1, zero padding) simulated on an analog CIM chip through im2col tiles."""
+    """``nn.Conv2d`` (groups=1, zero padding) simulated on an analog CIM chip: each tile holds whole kernel
+    patches of a group of input channels (see :meth:`simulate_conv`)."""
 
     def __init__(
         self,

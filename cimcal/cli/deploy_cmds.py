@@ -28,7 +28,8 @@ _FULL, _QUICK = demo_sizes(quick=False), demo_sizes(quick=True)
               help="Chip instances of the Monte-Carlo prediction.")
 @click.option("--eval-seed", default=0, show_default=True, type=int, help="Seed of the prediction and calibration.")
 @click.option("--t-s", type=float, default=None,
-              help="Inference time after programming (s); default: the profile's earliest measured time.")
+              help="Inference time after programming (s); default: the checkpoint's training t_s, else the profile's "
+                   "earliest measured time.")
 @click.option("--state", "state_path", type=click.Path(dir_okay=False), default=None,
               help="Resume state file (default: <checkpoint>.deploy.json).")
 @click.option("--batch-vectors", type=click.IntRange(min=1), default=2048, show_default=True,

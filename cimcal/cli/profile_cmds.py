@@ -8,11 +8,9 @@ import click
 
 from cimcal.cli.options import column_map_option
 from cimcal.errors import CimcalError, ConfigError
+from cimcal.noise.validation import DEFAULT_MAX_KS, DEFAULT_MAX_TV
 
 __all__ = ["fit", "validate", "report", "ValidationFailed"]
-
-DEFAULT_MAX_KS = 0.1
-DEFAULT_MAX_TV = 0.1
 
 
 class ValidationFailed(CimcalError):
