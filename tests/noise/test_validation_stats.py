@@ -178,3 +178,13 @@ def test_readings_quantized_to_a_tenth_of_a_micro_siemens_tie_with_the_float32_p
     result = validate_conductance(ConductanceLUT().fit(fit), held, seed=0)
     assert result.conductance_pit_ks <= 0.03
     assert all(g.pit_ks <= 0.06 for g in result.conductance)
+
+
+def test_passed_applies_the_default_thresholds_unless_told_otherwise():
+    """The demo and library callers that ask ``passed()`` get cimcal validate's thresholds, not a vacuous check."""
+    from cimcal.noise.validation import DEFAULT_MAX_TV, ADCColumnCheck, ValidationResult
+
+    column = ADCColumnCheck(col=3, n_conversions=1024, tv=DEFAULT_MAX_TV + 0.05, pit_ks=0.01, pit_pvalue=0.5)
+    result = ValidationResult(adc=[column], adc_pit_ks=0.01, adc_pit_pvalue=0.5, adc_tv=0.02)
+    assert not result.passed() and result.failures() == [f"ADC column 3: TV {column.tv:.4f} > {DEFAULT_MAX_TV:g}"]
+    assert result.passed(max_tv=None) and result.passed(max_tv=0.2)
