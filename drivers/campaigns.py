@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import math
 import sys
 import time
 from collections.abc import Iterator
@@ -99,8 +100,8 @@ class ConductancePlan:
             raise ConfigError(f"n_reads and reads_per_chunk must be >= 1, got {self.n_reads}, "
                               f"{self.reads_per_chunk}")
         times = list(self.times_s)
-        if not times or any(t < 0 for t in times) or times != sorted(set(times)):
-            raise ConfigError(f"--times must be increasing, distinct and >= 0, got {times}")
+        if not times or not all(math.isfinite(t) and t >= 0 for t in times) or times != sorted(set(times)):
+            raise ConfigError(f"--times must be increasing, distinct, finite and >= 0, got {times}")
         return self
 
     @property

@@ -56,8 +56,10 @@ class GarbledReply(Exception):
         self.reply = reply
 
 
-# Faults after which the session's byte stream is in an unknown state: reconnect.
-_TRANSPORT_FAULTS = (pyvisa.errors.VisaIOError, pyvisa.errors.InvalidSession, OSError, GarbledReply)
+# Faults after which the session's byte stream is in an unknown state: reconnect. A text read that
+# cannot be decoded has picked up foreign bytes (typically a late binary block): the same.
+_TRANSPORT_FAULTS = (pyvisa.errors.VisaIOError, pyvisa.errors.InvalidSession, OSError, GarbledReply,
+                     UnicodeDecodeError)
 
 
 def ieee_block(payload: bytes) -> bytes:
@@ -70,16 +72,18 @@ def ieee_block(payload: bytes) -> bytes:
 
 def parse_ieee_block(raw: bytes, dtype: str | np.dtype) -> np.ndarray:
     """Parse one complete ``#<d><len><bytes>[\\n]`` block into a little-endian numpy array."""
-    raw = raw.rstrip(b"\n") if raw.endswith(b"\n") else raw
     if len(raw) < 2 or raw[:1] != b"#" or not raw[1:2].isdigit() or raw[1:2] == b"0":
         raise GarbledReply("reply is not an IEEE 488.2 definite-length block", raw[:40])
     n_digits = int(raw[1:2])
     length_text = raw[2 : 2 + n_digits]
     if len(length_text) != n_digits or not length_text.isdigit():
         raise GarbledReply("malformed IEEE 488.2 block length", raw[:40])
-    payload = raw[2 + n_digits :]
-    if len(payload) != int(length_text):
-        raise GarbledReply(f"block announced {int(length_text)} bytes but carried {len(payload)}", raw[:40])
+    # exactly the announced bytes (payload bytes may be 0x0A), then at most the line terminator
+    start = 2 + n_digits
+    payload, rest = raw[start : start + int(length_text)], raw[start + int(length_text) :]
+    if len(payload) != int(length_text) or rest not in (b"", b"\n"):
+        raise GarbledReply(f"block announced {int(length_text)} bytes but {len(raw) - start} follow its header",
+                           raw[:40])
     return _decode(payload, dtype)
 
 
@@ -88,6 +92,14 @@ def _decode(payload: bytes, dtype: str | np.dtype) -> np.ndarray:
     if len(payload) % dt.itemsize:
         raise GarbledReply(f"block of {len(payload)} bytes is not a whole number of {dt.name} values")
     return np.frombuffer(payload, dtype=dt).astype(dt.newbyteorder("="), copy=True)
+
+
+def _check_resource_name(resource: str) -> None:
+    """Raise InstrumentError with pyvisa's reason if ``resource`` is not a valid VISA resource name."""
+    try:
+        pyvisa.rname.parse_resource_name(resource)
+    except pyvisa.rname.InvalidResourceName as exc:
+        raise InstrumentError(f"invalid VISA resource name {resource!r}: {exc}") from None
 
 
 class ErrorDialect:
@@ -226,6 +238,7 @@ class CimcalInstrument(Instrument):
         self.lock = threading.RLock()
         self.retries = int(retries)
         self._idn: str | None = None
+        self._closed = False
         self.resource_name = adapter if isinstance(adapter, str) else getattr(adapter, "resource_name", None)
         if isinstance(adapter, str):
             kwargs.setdefault("read_termination", self.read_termination)
@@ -235,6 +248,8 @@ class CimcalInstrument(Instrument):
             try:
                 adapter = VISAAdapter(adapter, visa_library=visa_library, **kwargs)
             except (pyvisa.errors.Error, OSError, ValueError) as exc:
+                # checked only now: a system VISA may know aliases that the standard syntax does not
+                _check_resource_name(self.resource_name)
                 raise InstrumentError(f"cannot open VISA resource: {exc}", resource=self.resource_name) from exc
         else:
             self._open_kwargs = {}
@@ -245,19 +260,29 @@ class CimcalInstrument(Instrument):
     # check, retries) hold it in _transact, so threads sharing one instrument never interleave.
     def write(self, command: str, **kwargs: Any) -> None:
         with self.lock:
+            self._require_open(command)
             super().write(command, **kwargs)
 
     def write_bytes(self, content: bytes, **kwargs: Any) -> None:
         with self.lock:
+            self._require_open()
             super().write_bytes(content, **kwargs)
 
     def read(self, **kwargs: Any) -> str:
         with self.lock:
+            self._require_open()
             return super().read(**kwargs)
 
     def read_bytes(self, count: int, **kwargs: Any) -> bytes:
         with self.lock:
+            self._require_open()
             return super().read_bytes(count, **kwargs)
+
+    def _require_open(self, command: str | None = None) -> None:
+        # without this a closed session would look like a dropped one and _reconnect would reopen it
+        if self._closed:
+            raise InstrumentError("instrument is closed; open a new one to send commands", command=command,
+                                  resource=self.resource_name)
 
     def _raw_query(self, command: str) -> str:
         self.write(command)
@@ -350,11 +375,17 @@ class CimcalInstrument(Instrument):
             head = self.read_bytes(2)
             if head[:1] != b"#" or not head[1:2].isdigit() or head[1:2] == b"0":
                 raise GarbledReply("reply is not an IEEE 488.2 definite-length block", head)
-            length_text = self.read_bytes(int(head[1:2]))
-            if not length_text.isdigit():
-                raise GarbledReply("malformed IEEE 488.2 block length", head + length_text)
-            payload = self.read_bytes(int(length_text)) if int(length_text) else b""
-            end = self.read_bytes(1)
+            try:
+                length_text = self.read_bytes(int(head[1:2]))
+                if not length_text.isdigit():
+                    raise GarbledReply("malformed IEEE 488.2 block length", head + length_text)
+                payload = self.read_bytes(int(length_text)) if int(length_text) else b""
+                end = self.read_bytes(1)
+            except pyvisa.errors.VisaIOError as exc:
+                if exc.error_code != pyvisa.constants.StatusCode.error_timeout:
+                    raise
+                # the rest of the block may still arrive: reconnect rather than ask SYST:ERR? on this stream
+                raise GarbledReply(f"binary block cut short: {exc}", head) from exc
         if end != b"\n":
             raise GarbledReply("block not followed by the line terminator", end)
         return _decode(payload, dtype)
@@ -448,8 +479,9 @@ class CimcalInstrument(Instrument):
         return {"instrument_idn": self.idn, "resource": self.resource_name}
 
     def close(self) -> None:
-        """Close the VISA session (safe to call twice)."""
+        """Close the VISA session (safe to call twice); later commands raise InstrumentError."""
         with self.lock:
+            self._closed = True
             try:
                 self.adapter.close()
             except Exception:  # noqa: BLE001 - closing a dead session must not mask the real error

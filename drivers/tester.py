@@ -7,6 +7,7 @@ geometry and the :class:`~cimcal.drivers.limits.SafeLimits` *before* anything is
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -46,6 +47,21 @@ def _pair(values: list[float]) -> tuple[float, float]:
     return float(values[0]), float(values[1])
 
 
+def _two_fields(command: str) -> Callable[[str], str]:
+    """``preprocess_reply`` of a (min, max) query: refuse a reply that is not exactly two fields.
+
+    (PyMeasure hands a one-value reply to ``get_process``, not ``get_process_list``: without this
+    check ``ADC:RANG? -> 100`` would become the float 100.0.)
+    """
+
+    def check(reply: str) -> str:
+        if len(reply.split(",")) != 2:
+            raise InstrumentError("expected two numbers 'min,max'", command=command, reply=reply)
+        return reply
+
+    return check
+
+
 def _check_temperature(tester: "CIMTester", name: str, command: str, value: float) -> None:
     check_range(name, value, tester.limits.temp_min_c, tester.limits.temp_max_c, command=command, unit=" C",
                 limit="temp_min_c/temp_max_c")
@@ -73,10 +89,12 @@ class CIMTester(CimcalInstrument):
         get_process_list=lambda v: [float(x) for x in v])
     adc_bits = Instrument.measurement("ADC:BITS?", "ADC resolution, bits (int).", cast=int)
     adc_range_ua = Instrument.measurement(
-        "ADC:RANG?", "ADC input range (min, max) of column current, microamperes.", get_process_list=_pair)
+        "ADC:RANG?", "ADC input range (min, max) of column current, microamperes.", get_process_list=_pair,
+        preprocess_reply=_two_fields("ADC:RANG?"))
     dac_bits = Instrument.measurement("DAC:BITS?", "Input DAC resolution, bits (int).", cast=int)
     dac_range_v = Instrument.measurement(
-        "DAC:RANG?", "Input DAC voltage range (min, max), volts.", get_process_list=_pair)
+        "DAC:RANG?", "Input DAC voltage range (min, max), volts.", get_process_list=_pair,
+        preprocess_reply=_two_fields("DAC:RANG?"))
     chip_v_read_max_v = Instrument.measurement("LIM:VRE?", "The chip's own maximum read voltage, volts.")
     chip_v_prog_max_v = Instrument.measurement("LIM:VPR?", "The chip's own maximum program voltage, volts.")
     clock_s = Instrument.measurement("CLOC?", "Simulated/real seconds since power-on (float).")
@@ -132,6 +150,14 @@ class CIMTester(CimcalInstrument):
             raise LimitError(f"{what} range [{lo}, {hi}) is outside [0, {n}); nothing was sent", command=command)
         return lo, hi
 
+    def _shaped(self, values: np.ndarray, shape: tuple[int, ...], command: str) -> np.ndarray:
+        """``values`` reshaped to ``shape``; a reply with the wrong number of values is an InstrumentError."""
+        expected = int(np.prod(shape))
+        if values.size != expected:
+            raise InstrumentError(f"reply carried {values.size} values, expected {expected}", command=command,
+                                  resource=self.resource_name)
+        return values.reshape(shape)
+
     def _levels(self, levels: np.ndarray, command: str) -> None:
         if levels.size and (levels.min() < 0 or levels.max() >= self.config.levels):
             raise LimitError(f"levels must lie in [0, {self.config.levels - 1}], got "
@@ -184,13 +210,13 @@ class CIMTester(CimcalInstrument):
         """``PROG:RESult?``: (R, C) int16 pulses used per cell (-1 failed verify, 0 not programmed)."""
         a = self._array(a, "PROG:RES?")
         cfg = self.config
-        return self.query_block(f"PROG:RES? {a}", "i2").reshape(cfg.rows, cfg.cols)
+        return self._shaped(self.query_block(f"PROG:RES? {a}", "i2"), (cfg.rows, cfg.cols), "PROG:RES?")
 
     def program_time(self, a: int) -> np.ndarray:
         """``PROG:TIME?``: (R, C) float64 clock time each cell was last programmed (nan if never)."""
         a = self._array(a, "PROG:TIME?")
         cfg = self.config
-        return self.query_block(f"PROG:TIME? {a}", "f8").reshape(cfg.rows, cfg.cols)
+        return self._shaped(self.query_block(f"PROG:TIME? {a}", "f8"), (cfg.rows, cfg.cols), "PROG:TIME?")
 
     # ----- reading -----------------------------------------------------------------------
     def read_map(self, a: int, rows: tuple[int, int] | None = None,
@@ -202,11 +228,7 @@ class CIMTester(CimcalInstrument):
         r0, r1 = self._window(cfg.rows, rows, "row", command)
         c0, c1 = self._window(cfg.cols, cols, "column", command)
         suffix = "" if rows is None and cols is None else f",{r0},{r1},{c0},{c1}"
-        values = self.query_block(f"READ:MAP? {a}{suffix}", "f4")
-        if values.size != (r1 - r0) * (c1 - c0):
-            raise InstrumentError(f"expected {(r1 - r0) * (c1 - c0)} values, got {values.size}",
-                                  command=command, resource=self.resource_name)
-        return values.reshape(r1 - r0, c1 - c0)
+        return self._shaped(self.query_block(f"READ:MAP? {a}{suffix}", "f4"), (r1 - r0, c1 - c0), command)
 
     def read_cell(self, a: int, r: int, c: int) -> float:
         """``READ:CELL?``: one cell, µS (the slow per-cell path)."""
@@ -245,8 +267,10 @@ class CIMTester(CimcalInstrument):
         a = self._array(a, command)
         inputs_v = self._input_vectors(inputs_v, command)
         n = inputs_v.shape[0]
+        if n == 0:  # the tester refuses n = 0 (and would leave the read to time out): send nothing
+            return np.zeros((0, self.config.cols), dtype=np.int16)
         codes = self.command_with_block(f"MVM? {a},{n},", inputs_v, "f4", query_dtype="i2", idempotent=True)
-        return codes.reshape(n, self.config.cols)
+        return self._shaped(codes, (n, self.config.cols), command)
 
     def mvm_differential(self, a: int, inputs_v: np.ndarray, gain: float, offset_ua: float) -> np.ndarray:
         """``MVM:DIFFerential?``: (n, R) volts -> (n, C/2) codes of ``offset_ua + gain * (I_k - I_{k+C/2})``.
@@ -263,9 +287,11 @@ class CIMTester(CimcalInstrument):
         check_range("read-out offset", offset_ua, cfg.adc_range_ua[0], cfg.adc_range_ua[1], command=command,
                     unit=" uA")
         n = inputs_v.shape[0]
+        if n == 0:  # as in mvm: send nothing for an empty batch
+            return np.zeros((0, cfg.cols // 2), dtype=np.int16)
         codes = self.command_with_block(f"MVM:DIFF? {a},{n},{gain:.9g},{offset_ua:.9g},", inputs_v, "f4",
                                         query_dtype="i2", idempotent=True)
-        return codes.reshape(n, cfg.cols // 2)
+        return self._shaped(codes, (n, cfg.cols // 2), command)
 
     def adc_test(self, a: int, col: int, inputs_ua: np.ndarray) -> np.ndarray:
         """``ADC:TEST?``: feed known currents (µA) straight into column ``col``'s ADC; return int16 codes."""
@@ -276,8 +302,9 @@ class CIMTester(CimcalInstrument):
         peak = float(np.max(np.abs(inputs_ua))) if inputs_ua.size else 0.0
         check_range("|ADC test input|", peak, 0.0, float(np.float32(self.limits.adc_test_max_ua)), command=command,
                     unit=" uA", limit="adc_test_max_ua")
-        return self.command_with_block(f"ADC:TEST? {a},{col},", inputs_ua, "f4", query_dtype="i2",
-                                       idempotent=True)
+        codes = self.command_with_block(f"ADC:TEST? {a},{col},", inputs_ua, "f4", query_dtype="i2",
+                                        idempotent=True)
+        return self._shaped(codes, inputs_ua.shape, command)
 
     # ----- clock and temperature ----------------------------------------------------------------
     def clock(self) -> float:

@@ -211,6 +211,9 @@ def load_config_with_faults(path: str | os.PathLike[str]) -> tuple[SimConfig, di
             text = handle.read()
     except OSError as err:
         raise ConfigError(f"{source}: cannot read config: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{source}: not UTF-8 text: byte 0x{err.object[err.start]:02x} at offset {err.start} "
+                          "(save the file as UTF-8)") from None
     flat, faults = _flatten(_read_toml(text, source), source)
     base = SimConfig()
     if "base" in flat:

@@ -28,6 +28,7 @@ from cimcal.drivers.sim.chip import SimChip
 from cimcal.drivers.sim.config import load_config_with_faults
 from cimcal.drivers.sim.faults import FaultCounter, Faults, garble, truncate
 from cimcal.drivers.sim.scpi import MAX_BLOCK_BYTES, Dispatcher, frame_end
+from cimcal.errors import ConfigError
 
 __all__ = ["SimServer", "build_chip", "serve", "main", "bind_warning"]
 
@@ -112,8 +113,6 @@ class _TCPServer(socketserver.ThreadingTCPServer):
 
     def __init__(self, address: tuple[str, int], owner: SimServer) -> None:
         self.owner = owner
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
 
 
@@ -126,6 +125,9 @@ class SimServer:
 
     def __init__(self, chip: SimChip, host: str = "127.0.0.1", port: int = 0,
                  faults: Faults | str | None = None) -> None:
+        if ":" in host:  # VISA resource names separate fields with "::" and cannot carry an IPv6 address
+            raise ConfigError(f"host {host!r}: IPv6 addresses cannot appear in a VISA resource name; "
+                              "use an IPv4 address or a host name (e.g. 127.0.0.1)")
         self.chip = chip
         self.host = host
         self._requested_port = port

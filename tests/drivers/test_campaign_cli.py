@@ -83,6 +83,7 @@ def test_rerunning_a_finished_campaign_with_resume_measures_nothing(tmp_path, ca
     (["measure", "levels", "--rows", "5"], "--rows must look like START:STOP"),
     (["measure", "levels", "--rows", "0:999"], "does not fit the chip"),
     (["measure", "drift", "--times", "10,1"], "--times must be increasing"),
+    (["measure", "drift", "--times", "1,nan"], "--times must be increasing, distinct, finite and >= 0"),
     (["measure", "levels", "--limits", "v_read=1"], "unknown safe limit"),
     (["measure", "levels", "--resource", "TCPIP0::127.0.0.1::9::SOCKET", "--faults", "drop_after=1"],
      "--faults only applies"),

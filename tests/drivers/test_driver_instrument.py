@@ -66,6 +66,15 @@ def test_kxci_dialect_needs_ack():
             box.command("XX")
 
 
+@pytest.mark.parametrize("resource", ["bogus", "TCPIP0::::1::5025::SOCKET"])
+def test_a_malformed_resource_name_says_so_with_pyvisas_reason(resource):
+    with pytest.raises(InstrumentError) as info:
+        ScpiBox(resource)
+    text = str(info.value)
+    assert text.startswith(f"invalid VISA resource name {resource!r}: Could not parse")
+    assert "read_termination" not in text
+
+
 def test_pymeasure_descriptors_go_through_the_locked_query():
     with expected_protocol(ScpiBox, [("LEV?", "7"), ("LEV 3", None), ("*IDN?", "ACME,BOX,1,2")]) as box:
         assert box.level == 7

@@ -77,6 +77,22 @@ def test_late_reply_times_out_then_the_retry_succeeds(serve_with_faults):
         assert tester.read_map(0).shape == (64, 32)
 
 
+@pytest.mark.parametrize("retries", [0, 2])
+def test_a_late_binary_block_is_not_read_as_the_error_queue_reply(serve_with_faults, retries):
+    # READ:MAP? times out; its block then arrives where the SYST:ERR? text reply is awaited
+    server = serve_with_faults(f"delay_s=0.7,delay_after={N_CONFIG}")
+    with _tester(server, timeout_ms=500, retries=retries) as tester:
+        session = tester.adapter.connection
+        if retries:
+            assert tester.read_map(0).shape == (64, 32)
+        else:
+            with pytest.raises(InstrumentError, match=r"command 'READ:MAP\? 0'.*transport fault.*gave up after 1"):
+                tester.read_map(0)
+        assert tester.adapter.connection is not session  # it reconnected: the late bytes are gone
+        assert tester.clock() >= 0.0
+        assert tester.read_map(0, rows=(0, 1), cols=(0, 2)).shape == (1, 2)
+
+
 def test_an_instrument_that_never_answers_in_time_is_a_clear_error(serve_with_faults):
     server = serve_with_faults("delay_s=0.6,repeat=true")
     tester = CIMTester(server.resource, timeout_ms=200, retries=1)
@@ -148,3 +164,16 @@ def test_property_setter_rides_out_a_dropped_connection(serve_with_faults):
         tester.temperature_c = 30.0
         assert tester.adapter.connection is not session
         assert tester.temperature_c == 30.0
+
+
+def test_a_closed_tester_refuses_commands_instead_of_reconnecting(served_chip):
+    tester = _tester(served_chip)
+    tester.clock()
+    session = tester.adapter.connection
+    tester.close()
+    with pytest.raises(InstrumentError, match=r"command 'CLOC\?': instrument is closed"):
+        tester.clock()
+    with pytest.raises(InstrumentError, match="instrument is closed"):
+        tester.read_map(0)
+    assert tester.adapter.connection is session  # no session was reopened behind the caller's back
+    tester.close()  # still safe to call twice

@@ -199,3 +199,60 @@ def test_geometry_refusals_do_not_advise_widening_limits():
         with pytest.raises(LimitError) as info:
             tester.read_cell(0, 5, 0)
     assert "--limits" not in str(info.value)
+
+
+def _block(values: np.ndarray) -> bytes:
+    return ieee_block(values.tobytes()) + b"\n"
+
+
+ONE_INPUT = np.array([[0.1, 0.0]], dtype="<f4")
+
+
+@pytest.mark.parametrize("command, request_bytes, reply, action", [
+    ("PROG:RES?", b"PROG:RES? 0", np.arange(5, dtype="<i2"), lambda t: t.program_result(0)),
+    ("PROG:TIME?", b"PROG:TIME? 0", np.arange(5, dtype="<f8"), lambda t: t.program_time(0)),
+    ("READ:MAP?", b"READ:MAP? 0", np.arange(5, dtype="<f4"), lambda t: t.read_map(0)),
+    ("MVM?", b"MVM? 0,1," + ieee_block(ONE_INPUT.tobytes()) + b"\n", np.arange(2, dtype="<i2"),
+     lambda t: t.mvm(0, ONE_INPUT)),
+    ("MVM:DIFF?", b"MVM:DIFF? 0,1,1,0," + ieee_block(ONE_INPUT.tobytes()) + b"\n", np.arange(2, dtype="<i2"),
+     lambda t: t.mvm_differential(0, ONE_INPUT, 1.0, 0.0)),
+    ("ADC:TEST?", b"ADC:TEST? 0,1," + ieee_block(np.array([1.0, 2.0], dtype="<f4").tobytes()) + b"\n",
+     np.arange(3, dtype="<i2"), lambda t: t.adc_test(0, 1, [1.0, 2.0])),
+], ids=["program_result", "program_time", "read_map", "mvm", "mvm_differential", "adc_test"])
+def test_a_block_reply_of_the_wrong_size_names_the_command_and_the_counts(command, request_bytes, reply, action):
+    expected = {"PROG:RES?": 6, "PROG:TIME?": 6, "READ:MAP?": 6, "MVM?": 3, "MVM:DIFF?": 1, "ADC:TEST?": 2}[command]
+    with expected_protocol(CIMTester, CONFIG_EXCHANGE + [(request_bytes, _block(reply))]) as tester:
+        with pytest.raises(InstrumentError) as info:
+            action(tester)
+    assert info.value.command == command
+    assert f"{reply.size} values, expected {expected}" in str(info.value)
+
+
+@pytest.mark.parametrize("command, attribute", [("ADC:RANG?", "adc_range_ua"), ("DAC:RANG?", "dac_range_v")])
+@pytest.mark.parametrize("reply", ["100", "0,1,2"])
+def test_a_range_reply_that_is_not_two_numbers_is_refused(command, attribute, reply):
+    with expected_protocol(CIMTester, [(command, reply)]) as tester:
+        with pytest.raises(InstrumentError) as info:
+            getattr(tester, attribute)
+    assert info.value.command == command and info.value.reply == reply
+    assert "expected two numbers" in str(info.value)
+
+
+def test_block_payload_bytes_equal_to_newline_are_kept():
+    payload = np.array([10, 2570], dtype="<i2")  # bytes 0a 00 0a 0a: the last payload byte is 0x0A
+    raw = ieee_block(payload.tobytes())
+    np.testing.assert_array_equal(parse_ieee_block(raw, "i2"), payload)
+    np.testing.assert_array_equal(parse_ieee_block(raw + b"\n", "i2"), payload)
+    from cimcal.drivers.instrument import GarbledReply
+
+    with pytest.raises(GarbledReply, match="announced 4 bytes but 6 follow"):
+        parse_ieee_block(raw + b"\n\n", "i2")
+
+
+def test_an_empty_mvm_batch_sends_nothing_and_returns_no_rows():
+    # after the config queries the protocol is empty: any byte sent would fail the exchange
+    with expected_protocol(CIMTester, CONFIG_EXCHANGE) as tester:
+        codes = tester.mvm(0, np.zeros((0, 2)))
+        diff = tester.mvm_differential(0, np.zeros((0, 2)), 1.0, 0.0)
+    assert codes.shape == (0, 3) and codes.dtype == np.int16
+    assert diff.shape == (0, 1) and diff.dtype == np.int16

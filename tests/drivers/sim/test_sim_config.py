@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import subprocess
 import sys
 
@@ -67,6 +68,13 @@ def test_bad_config_names_file_and_key(tmp_path, text, match):
 def test_missing_config_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="cannot read config"):
         load_config(tmp_path / "absent.toml")
+
+
+def test_a_config_file_that_is_not_utf8_names_the_file_and_byte_offset(tmp_path):
+    path = tmp_path / "latin1.toml"
+    path.write_bytes('# g in \u00b5S\nbase = "rram"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match=rf"{re.escape(str(path))}: not UTF-8 text: byte 0xb5 at offset 7"):
+        load_config(path)
 
 
 def test_default_config_equals_the_rram_preset():

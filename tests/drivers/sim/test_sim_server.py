@@ -22,6 +22,7 @@ from cimcal.drivers.sim.chip import SimChip  # noqa: E402
 from cimcal.drivers.sim.faults import Faults  # noqa: E402
 from cimcal.drivers.sim.scpi import encode_block  # noqa: E402
 from cimcal.drivers.sim.server import SimServer, bind_warning  # noqa: E402
+from cimcal.errors import ConfigError  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -234,6 +235,11 @@ def test_stop_releases_the_port_and_closes_clients(rm):
     with socket.socket() as sock:  # the port is free again
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", port))
+
+
+def test_an_ipv6_host_is_refused_because_visa_cannot_address_it():
+    with pytest.raises(ConfigError, match=r"host '::1': IPv6 addresses cannot appear in a VISA resource name"):
+        SimServer(SimChip.from_preset("rram", seed=0), host="::1")
 
 
 def test_binding_beyond_loopback_warns(caplog):
