@@ -130,6 +130,16 @@ def _t_eval(profile: Any, config: Any, t_s: float | None) -> float:
     return float(torch.as_tensor(profile.conductance.t_s_).min())
 
 
+def _max_cell_age(profile: Any) -> float | None:
+    """Oldest cell age (s) the profile models (the end of its drift data), None without a conductance model."""
+    conductance = getattr(profile, "conductance", None)
+    if conductance is None:
+        return None
+    from cimcal.analog.layers import drift_time_limits_s
+
+    return drift_time_limits_s(conductance)[1]
+
+
 class ClockWait:
     """Wait until the tester's clock reaches a time: age a simulated chip (``CLOCk:ADVance``), sleep on silicon."""
 
@@ -212,7 +222,8 @@ def deploy_model(
     state = DeployState(state_path, f"{key}|{idn}|{getattr(profile, 'sha256', '')}")
     t_eval = _t_eval(profile, analog_config, t_s)
     runner = ChipRunner(tester, plan, state, t_eval_s=t_eval, batch_vectors=batch_vectors, chunk_cells=chunk_cells,
-                        wait=_pick_wait(idn), progress=progress, on_chunk=on_chunk, arrays=arrays)
+                        wait=_pick_wait(idn), progress=progress, on_chunk=on_chunk, arrays=arrays,
+                        max_age_s=_max_cell_age(profile))
     try:
         runner.program_all()
         on_chip_model = chip_model(analog, runner)
@@ -224,7 +235,7 @@ def deploy_model(
     finally:
         runner.close()
     on_chip = task.score(loss, correct, targets.numel())
-    deviations = list(plan.deviations)
+    deviations = list(plan.deviations) + runner.deviations
     for name in runner.stats["signed_input_layers"]:
         deviations.append(f"{name}: signed inputs on a unipolar DAC: two MVM passes (x+ and x-) and two conversions "
                           "per output per tile instead of one")
@@ -261,10 +272,10 @@ def deploy_checkpoint(
     ``<checkpoint>.deploy.json`` beside the checkpoint. ``limits``: the driver's ``SafeLimits``.
     """
     from cimcal.train.builtin import config_from_json
-    from cimcal.train.checkpoint import load_checkpoint
+    from cimcal.train.checkpoint import BUILTIN_META, load_checkpoint
     from cimcal.train.tasks import load_task
 
-    checkpoint = load_checkpoint(path, task=task)
+    checkpoint = load_checkpoint(path, task=task, require=BUILTIN_META)
     meta = checkpoint.meta
     the_task = load_task(meta["task"], seed=meta["split_seed"], **meta.get("task_options", {}))
     model = checkpoint.build_model(the_task.info)

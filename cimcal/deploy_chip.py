@@ -37,7 +37,8 @@ class ChipRunner:
 
     def __init__(self, tester: Any, plan: DeployPlan, state: DeployState, *, t_eval_s: float,
                  batch_vectors: int = 2048, chunk_cells: int = 4096, wait: Any = None, progress: bool = False,
-                 on_chunk: Callable[[int], None] | None = None, arrays: list[int] | None = None) -> None:
+                 on_chunk: Callable[[int], None] | None = None, arrays: list[int] | None = None,
+                 max_age_s: float | None = None) -> None:
         self.tester = tester
         self.plan = plan
         self.state = state
@@ -47,6 +48,8 @@ class ChipRunner:
         self.wait = wait
         self.progress = progress
         self.on_chunk = on_chunk
+        self.max_age_s = None if max_age_s is None else float(max_age_s)
+        self.deviations: list[str] = []
         self.geometry = plan.geometry
         self.arrays = list(range(self.geometry.arrays)) if arrays is None else [int(a) for a in arrays]
         if not self.arrays or any(not 0 <= a < self.geometry.arrays for a in self.arrays):
@@ -58,9 +61,9 @@ class ChipRunner:
         self.ready_clock: dict[int, float] = {}
         self._next_array = 0
         self._chunks_run = 0
-        self.stats = {"cells_programmed": 0, "cells_skipped": 0, "cells_failed_verify": 0, "programmings": 0,
-                      "mvm_vectors": 0, "mvm_calls": 0, "program_s": 0.0, "mvm_s": 0.0, "wait_s": 0.0,
-                      "signed_input_layers": []}
+        self.stats = {"cells_programmed": 0, "cells_skipped": 0, "cells_aged": 0, "cells_failed_verify": 0,
+                      "programmings": 0, "mvm_vectors": 0, "mvm_calls": 0, "program_s": 0.0, "mvm_s": 0.0,
+                      "wait_s": 0.0, "signed_input_layers": []}
         self._bars: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ progress
@@ -109,14 +112,22 @@ class ChipRunner:
         bar = self._bar("program", "cell")
         bar.total += slot.n_cells
         bar.refresh()
+        # cells verified by an earlier run are reused only while younger than the profile's drift data
+        clock_s = self.tester.clock() if record["chunks"] and self.max_age_s is not None else None
+        oldest_s = 0.0
+        aged = 0
         for index, start in enumerate(range(0, slot.n_cells, self.chunk_cells)):
             cut = slice(start, min(start + self.chunk_cells, slot.n_cells))
             r, c, levels = slot.cell_rows[cut], slot.cell_cols[cut], slot.cell_levels[cut]
             stamp = record["chunks"].get(str(index))
             if stamp is not None and (results[r, c] != 0).all() and stamp == stamp_digest(times[r, c], results[r, c]):
-                self.stats["cells_skipped"] += r.size
-                bar.update(r.size)
-                continue
+                age_s = 0.0 if clock_s is None else clock_s - float(np.nanmin(times[r, c]))
+                if clock_s is None or age_s <= self.max_age_s:
+                    self.stats["cells_skipped"] += r.size
+                    bar.update(r.size)
+                    continue
+                aged += r.size
+                oldest_s = max(oldest_s, age_s)
             self.tester.program_cells(array, r, c, levels)
             times = self.tester.program_time(array)
             results = self.tester.program_result(array)
@@ -126,6 +137,12 @@ class ChipRunner:
             bar.update(r.size)
             if self.on_chunk is not None:
                 self.on_chunk(self._chunks_run)
+        if aged:
+            self.stats["cells_aged"] += aged
+            self.deviations.append(
+                f"array {array}: {aged} cells verified by an earlier run were up to {oldest_s:.3g} s old, beyond the "
+                f"profile's drift data (to {self.max_age_s:.3g} s): reprogrammed"
+            )
         cells = (slot.cell_rows, slot.cell_cols)
         self.stats["cells_failed_verify"] += int((results[cells] < 0).sum())
         self.stats["programmings"] += 1

@@ -4,8 +4,10 @@ Keyed by the checkpoint's sha256, the profile's sha256 and the chip's ``*IDN?``;
 checkpoint, profile or chip is ignored (everything is programmed afresh). Per array it records the slot (key and cell-list digest)
 and, for every programming chunk the chip finished, the sha256 of the chip's own ``PROG:TIME?`` stamps
 of that chunk's cells. On a rerun a chunk is skipped only if the chip still reports exactly those
-stamps (so nothing reprogrammed it since) and no cell of it reads ``PROG:RES?`` = 0. The chip stays
-the source of truth; the file only says what to compare against.
+stamps (so nothing reprogrammed it since), no cell of it reads ``PROG:RES?`` = 0 and its cells are not
+older than the profile's drift data (:class:`~cimcal.deploy_chip.ChipRunner` reprograms them and says so).
+The chip stays the source of truth; the file only says what to compare against. A file that is not
+valid JSON or not of this structure counts as absent.
 """
 
 from __future__ import annotations
@@ -30,6 +32,17 @@ def stamp_digest(times_s: np.ndarray, results: np.ndarray) -> str:
     return h.hexdigest()
 
 
+def _well_formed(data: Any) -> bool:
+    """True if ``data`` has the structure :meth:`DeployState.save` writes."""
+    if not isinstance(data, dict) or not isinstance(data.get("arrays"), dict):
+        return False
+    return all(
+        isinstance(record, dict) and isinstance(record.get("slot"), str) and isinstance(record.get("digest"), str)
+        and isinstance(record.get("chunks"), dict) and all(isinstance(v, str) for v in record["chunks"].values())
+        for record in data["arrays"].values()
+    )
+
+
 class DeployState:
     """The state file of one (checkpoint, chip) pair; ``path=None`` keeps it in memory only."""
 
@@ -43,8 +56,9 @@ class DeployState:
                 data = json.loads(self.path.read_text(encoding="utf-8"))
             except (OSError, json.JSONDecodeError):
                 data = {}
-            if data.get("version") == STATE_VERSION and data.get("key") == key:
-                self.arrays = data.get("arrays", {})
+            # a file of another shape (edited, or not a state file) counts as absent, like bad JSON
+            if _well_formed(data) and data["version"] == STATE_VERSION and data["key"] == key:
+                self.arrays = data["arrays"]
                 self.resumed = bool(self.arrays)
 
     def holds(self, array: int, slot_key: str, digest: str) -> dict[str, Any] | None:

@@ -43,7 +43,7 @@ from cimcal.analog.gaussian import gaussian_tiled_mvm, gaussian_unit_weight
 from cimcal.analog.mapping import ConductanceTables, build_conductance_tables
 from cimcal.errors import ConfigError
 
-__all__ = ["AnalogLinear", "AnalogConv2d", "AnalogLayer", "profile_tables"]
+__all__ = ["AnalogLinear", "AnalogConv2d", "AnalogLayer", "profile_tables", "drift_time_limits_s"]
 
 _CONV_CHUNK_ELEMS = 1 << 18  # conv outputs per chunk of images (1 MiB of float32)
 _TABLE_CACHE: dict[tuple[int, str, float | None], tuple[Any, Any]] = {}
@@ -63,16 +63,24 @@ def _cached(profile: Any, kind: str, t_s: float | None, build: Any) -> Any:
     return value
 
 
+def drift_time_limits_s(conductance: Any) -> tuple[float, float]:
+    """The read times (s) a conductance model answers for (``ConductanceLUT.t_limits_s``; else its time points)."""
+    if hasattr(conductance, "t_limits_s"):
+        return conductance.t_limits_s()
+    t_known = torch.as_tensor(conductance.t_s_, dtype=torch.float64)
+    return float(t_known.min()), float(t_known.max())
+
+
 def profile_tables(profile: Any, t_s: float | None) -> tuple[ConductanceTables | None, AdcTables | None]:
     """Compact tables of ``profile`` at ``t_s`` (cached per profile object; built with a fixed seed)."""
     conductance = getattr(profile, "conductance", None)
     adc = getattr(profile, "adc", None)
     if t_s is not None and conductance is not None:
-        t_known = torch.as_tensor(conductance.t_s_, dtype=torch.float64)
-        if not float(t_known.min()) <= t_s <= float(t_known.max()):
+        t_first, t_last = drift_time_limits_s(conductance)
+        if not t_first <= t_s <= t_last:
             raise ConfigError(
-                f"AnalogConfig.t_s={t_s} s is outside the profile's measured drift times "
-                f"[{float(t_known.min())}, {float(t_known.max())}] s"
+                f"AnalogConfig.t_s={t_s:.4g} s is outside the profile's measured drift times "
+                f"[{t_first:.4g}, {t_last:.4g}] s"
             )
     cond_tables = None
     if conductance is not None:

@@ -100,7 +100,7 @@ def evaluate(checkpoint, profile, mc, t_s, seed, split, use_compile, as_json) ->
     scale, unit = (100.0, " %") if result.metric == "accuracy" else (1.0, "")
     click.echo(
         f"{result.metric} over {result.mc} chip instances ({split} split"
-        f"{'' if t_s is None else f', t = {t_s:g} s'}): "
+        f"{'' if result.t_s is None else f', t = {result.t_s:g} s'}): "
         f"{scale * result.mean:.2f} +- {scale * result.std:.2f}{unit}, worst {scale * result.worst:.2f}{unit}; "
         f"noise-free {scale * result.noise_free:.2f}{unit}"
     )

@@ -26,6 +26,7 @@ import torch
 from cimcal.errors import CimcalError, ConfigError
 from cimcal.noise.inverse_cdf import interpolated_gather, random_words
 from cimcal.noise.summaries import (
+    TIME_GAP_LOG1P,
     CellTable,
     ConductanceSummary,
     GroupedHistogram,
@@ -221,6 +222,15 @@ class ConductanceLUT:
         return model
 
     # ------------------------------------------------------------------ lookup helpers
+    def t_limits_s(self) -> tuple[float, float]:
+        """The read times (s) the model answers for: its first and last reads' times, widened by the rule that
+        groups reads into time points (``TIME_GAP_LOG1P`` in ``log1p(t_s)``; reads at nominal 1 s have a time
+        point near 1.04 s). Times beyond the first or last time point sample that point's tables."""
+        self._check_fitted()
+        first = math.log1p(float(self.t_span_s_[0, 0])) - TIME_GAP_LOG1P
+        last = math.log1p(float(self.t_span_s_[-1, 1])) + TIME_GAP_LOG1P
+        return max(math.expm1(first), 0.0), math.expm1(last)
+
     def _check_fitted(self) -> None:
         if not hasattr(self, "quantiles_"):
             raise NotFittedError("this ConductanceLUT is not fitted yet; call fit(df) or fit_profile(...) first")
@@ -234,11 +244,12 @@ class ConductanceLUT:
             t_s = float(t_s)
         t_s = float(t_s)
         t_min, t_max = float(self.t_s_[0]), float(self.t_s_[-1])
-        tol = 1e-9 * max(1.0, t_max)
-        if not math.isfinite(t_s) or t_s < t_min - tol or t_s > t_max + tol:
+        first, last = self.t_limits_s()
+        tol = 1e-9 * max(1.0, last)
+        if not math.isfinite(t_s) or t_s < first - tol or t_s > last + tol:
             raise ConfigError(
-                f"t_s={t_s!r} s is outside the measured time range [{t_min:g}, {t_max:g}] s of this profile; "
-                "measure drift at that time or choose a time inside the range"
+                f"t_s={t_s:.4g} s is outside the measured time range [{first:.4g}, {last:.4g}] s of this profile "
+                "(its reads, +-10 % in time); measure drift at that time or choose a time inside the range"
             )
         if len(self.t_s_) == 1:
             return 0, 0, 0.0

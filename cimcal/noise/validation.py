@@ -421,16 +421,27 @@ def validate_adc(
     source: str = "<held-out ADC>",
     chunk: int = 65_536,
 ) -> ValidationResult:
-    """Compare an ADC model (``sample(x, col, generator)``) with a held-out conversion table."""
+    """Compare an ADC model (``sample(x, col, generator)``) with a held-out conversion table.
+
+    A pooled model (``pooled_`` true) ignores the table's ``col``; a per-column model needs it.
+    """
     if draws < 1:
         raise ConfigError(f"draws must be >= 1, got {draws}")
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     model_cols = [int(c) for c in model.cols_.tolist()]
     n_codes = int(model.n_codes_)
-    pooled = len(model_cols) == 1
-    if "col" not in table.columns or pooled:
+    # The model says whether it is one pooled transfer (fitted without ``col``); a per-column
+    # model fitted on a single column is still per column. Models without ``pooled_`` are per column.
+    pooled = bool(getattr(model, "pooled_", False))
+    if pooled:
         table = table.assign(col=model_cols[0])
+    elif "col" not in table.columns:
+        raise DataError(
+            f"the table has no 'col' column but the profile's ADC is per column (columns {model_cols}); "
+            "add the column ids",
+            path=source,
+        )
     unknown = sorted(set(table["col"].unique().tolist()) - set(model_cols))
     if unknown:
         rows = np.flatnonzero(table["col"].isin(unknown).to_numpy())

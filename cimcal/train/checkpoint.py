@@ -27,9 +27,11 @@ from torch import Tensor, nn
 from cimcal.errors import CheckpointError
 from cimcal.publish import publish_file
 
-__all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "FORMAT_VERSION"]
+__all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "FORMAT_VERSION", "BUILTIN_META"]
 
 FORMAT_VERSION = 1
+# what a checkpoint of a built-in task needs to rebuild its model and reload its task split
+BUILTIN_META = ("task", "task_info", "split_seed", "model", "hparams")
 _META_KEY = "cimcal"
 _SUM_KEY = "checksum"
 
@@ -61,12 +63,26 @@ class Checkpoint:
         from cimcal.train.models import build_model
 
         model = build_model(self.meta["task"], self.meta["model"], info or self.meta["task_info"], self.meta["hparams"])
-        try:
-            model.load_state_dict(self.state_dict)
-        except RuntimeError as err:
-            first = str(err).strip().splitlines()[0]
-            raise CheckpointError(f"{self.path}: weights do not fit model {self.meta['model']!r}: {first}") from None
+        mismatch = _first_mismatch(model.state_dict(), self.state_dict)
+        if mismatch is None:
+            try:
+                model.load_state_dict(self.state_dict)
+            except RuntimeError as err:  # e.g. a dtype torch cannot copy
+                mismatch = str(err).strip().splitlines()[-1].strip()
+        if mismatch is not None:
+            raise CheckpointError(f"{self.path}: weights do not fit model {self.meta['model']!r}: {mismatch}")
         return model
+
+
+def _first_mismatch(expected: dict[str, Tensor], stored: dict[str, Tensor]) -> str | None:
+    """The first weight the model needs but the checkpoint lacks, has extra, or holds in another shape."""
+    for name, tensor in expected.items():
+        if name not in stored:
+            return f"missing weight {name!r} {tuple(tensor.shape)}"
+        if tuple(stored[name].shape) != tuple(tensor.shape):
+            return f"weight {name!r} has shape {tuple(stored[name].shape)}, the model needs {tuple(tensor.shape)}"
+    extra = [name for name in stored if name not in expected]
+    return f"unexpected weight {extra[0]!r}" if extra else None
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict[str, Any]) -> Path:
@@ -93,11 +109,13 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict[str, A
     return path
 
 
-def load_checkpoint(path: str | os.PathLike, *, task: str | None = None, model: str | None = None) -> Checkpoint:
+def load_checkpoint(path: str | os.PathLike, *, task: str | None = None, model: str | None = None,
+                    require: tuple[str, ...] = ()) -> Checkpoint:
     """Load and verify a checkpoint; ``task``/``model`` (if given) must match the recorded ones.
 
     Raises :class:`CheckpointError` if the file is missing, not a cimcal checkpoint, of an unknown
-    format version, tampered with (checksum mismatch) or recorded for another task or model.
+    format version, tampered with (checksum mismatch), recorded for another task or model, or
+    its metadata lacks a key of ``require`` (e.g. :data:`BUILTIN_META`).
     """
     from safetensors import safe_open
 
@@ -124,6 +142,9 @@ def load_checkpoint(path: str | os.PathLike, *, task: str | None = None, model: 
             f"{path}: checkpoint format_version {meta.get('format_version')!r} is not supported "
             f"(this cimcal reads {FORMAT_VERSION})"
         )
+    missing = [key for key in require if key not in meta]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint metadata lacks {missing[0]!r}; was it written by cimcal train?")
     if task is not None and meta.get("task") != task:
         raise CheckpointError(f"{path}: checkpoint was trained on task {meta.get('task')!r}, not {task!r}")
     if model is not None and meta.get("model") != model:

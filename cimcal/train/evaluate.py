@@ -118,7 +118,16 @@ def evaluate_model(
     tensor = torch.tensor(values, dtype=torch.float64)
     worst = float(tensor.min() if task.metric == "accuracy" else tensor.max())
     std = float(tensor.std()) if mc > 1 else 0.0
-    return EvalResult(task.metric, float(tensor.mean()), std, worst, noise_free, mc, values, t_s, split)
+    t_used = _effective_t_s(config, profile)
+    return EvalResult(task.metric, float(tensor.mean()), std, worst, noise_free, mc, values, t_used, split)
+
+
+def _effective_t_s(config: Any, profile: Any) -> float | None:
+    """The read time the instances were sampled at: the config's, else the profile's earliest time point."""
+    if config.t_s is not None:
+        return float(config.t_s)
+    conductance = getattr(profile, "conductance", None)
+    return None if conductance is None else float(torch.as_tensor(conductance.t_s_).min())
 
 
 def evaluate_checkpoint(
@@ -137,10 +146,11 @@ def evaluate_checkpoint(
     ``overrides`` change AnalogConfig fields recorded in the checkpoint (e.g. ``{"compile": False}``).
     """
     from cimcal.train.builtin import config_from_json
-    from cimcal.train.checkpoint import load_checkpoint
+    from cimcal.train.checkpoint import BUILTIN_META, load_checkpoint
     from cimcal.train.tasks import load_task
 
-    checkpoint = load_checkpoint(path, task=None if task is None else task.name)
+    checkpoint = load_checkpoint(path, task=None if task is None else task.name,
+                                 require=BUILTIN_META if task is None else ("task", "model", "hparams"))
     meta = checkpoint.meta
     if task is None:
         task = load_task(meta["task"], seed=meta["split_seed"], **meta.get("task_options", {}))
@@ -148,6 +158,16 @@ def evaluate_checkpoint(
     config = config_from_json(meta.get("analog_config"))
     if overrides:
         config = dataclasses.replace(config, **overrides)
+    conductance = getattr(profile, "conductance", None)
+    if t_s is None and config.t_s is not None and conductance is not None:
+        from cimcal.analog.layers import drift_time_limits_s
+
+        first, last = drift_time_limits_s(conductance)
+        if not first <= config.t_s <= last:
+            raise ConfigError(
+                f"{path}: the checkpoint's AnalogConfig.t_s={config.t_s:.4g} s is outside the profile's measured "
+                f"drift times [{first:.4g}, {last:.4g}] s; pass --t-s (t_s=) inside that range"
+            )
     result = evaluate_model(model, task, profile, config, mc=mc, t_s=t_s, seed=seed, split=split)
     if math.isnan(result.mean):
         raise ConfigError(f"{path}: evaluation produced NaN")

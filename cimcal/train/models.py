@@ -123,6 +123,8 @@ def _mlp(info: dict[str, Any], hidden: list[int] | tuple[int, ...] = (128, 128))
 
 
 def _cnn(info: dict[str, Any], channels: list[int] | tuple[int, int] = (16, 32), hidden: int = 64) -> nn.Module:
+    if len(channels) != 2:
+        raise ConfigError(f"channels must be a list of 2 ints >= 1, got {list(channels)!r}")
     c1, c2 = (int(c) for c in channels)
     return SmallCNN((c1, c2), int(hidden), int(info.get("n_classes", 10)))
 
@@ -161,9 +163,23 @@ def _builder(task: str, name: str) -> Callable[..., nn.Module]:
 def build_model(task: str, name: str, info: dict[str, Any], hparams: dict[str, Any] | None = None) -> nn.Module:
     """Build a built-in model by task and name; ``hparams`` override the defaults."""
     builder = _builder(task, name)
-    merged = default_hparams(task, name)
-    unknown = set(hparams or {}) - set(merged)
+    defaults = default_hparams(task, name)
+    unknown = set(hparams or {}) - set(defaults)
     if unknown:
-        raise ConfigError(f"unknown hyperparameters {sorted(unknown)} for model {name!r}; known: {sorted(merged)}")
-    merged.update(hparams or {})
+        raise ConfigError(f"unknown hyperparameters {sorted(unknown)} for model {name!r}; known: {sorted(defaults)}")
+    merged = {**defaults, **(hparams or {})}
+    for key, value in merged.items():
+        _check_hparam(key, value, list_valued=isinstance(defaults[key], list))
     return builder(info, **merged)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _check_hparam(key: str, value: Any, *, list_valued: bool) -> None:
+    """Every built-in hyperparameter is a size: an int >= 1, or a list of them where the default is a list."""
+    if list_valued and not (isinstance(value, (list, tuple)) and all(_is_count(v) for v in value)):
+        raise ConfigError(f"{key} must be a list of ints >= 1, got {value!r}")
+    if not list_valued and not _is_count(value):
+        raise ConfigError(f"{key} must be an int >= 1, got {value!r}")

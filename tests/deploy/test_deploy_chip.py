@@ -118,3 +118,45 @@ def test_signed_inputs_run_as_two_unipolar_passes_and_are_reported(trained_small
     assert runner.stats["signed_input_layers"] == ["net.1"]
     assert float((positive - ideal).abs().mean()) < 0.5 * scale
     assert float((negative + ideal).abs().mean()) < 0.5 * scale
+
+
+@pytest.mark.parametrize("text", [
+    "[]", "{not json", '{"version": 1, "key": "k"}', '{"version": 1, "key": "k", "arrays": []}',
+    '{"version": 1, "key": "k", "arrays": {"0": {"slot": "s", "digest": "d"}}}',  # a record without chunks
+])
+def test_a_state_file_of_another_shape_counts_as_absent(tmp_path, text):
+    from cimcal.deploy_state import DeployState
+
+    path = tmp_path / "state.json"
+    path.write_text(text)
+    state = DeployState(path, "k")
+    assert state.arrays == {} and not state.resumed and state.holds(0, "s", "d") is None
+    state.start(0, "s", "d")  # and is overwritten by the next programming
+    assert DeployState(path, "k").holds(0, "s", "d") == {"slot": "s", "digest": "d", "chunks": {}}
+
+
+def test_resume_reprograms_cells_aged_beyond_the_profile_drift_data(trained_small, digits, profile, served, tmp_path):
+    chip, tester, _ = served
+    arrays = [0, 1, 2, 3]  # 5 slots in turns on 4 arrays: a rerun finds most of them still programmed
+    first = _deploy(trained_small, digits, profile, tester, tmp_path, arrays=arrays)
+    again = _deploy(trained_small, digits, profile, tester, tmp_path, arrays=arrays)
+    assert again.stats["cells_skipped"] > 0 and again.stats["cells_aged"] == 0
+    assert not any("reprogrammed" in line for line in again.deviations)
+    last_s = float(profile.conductance.t_span_s_[-1, 1])
+    tester.advance(1e7)  # the chip sat powered for months: its cells are far older than any measured drift
+    aged = _deploy(trained_small, digits, profile, tester, tmp_path, arrays=arrays)
+    assert aged.stats["cells_skipped"] == 0 and aged.stats["cells_aged"] > 0
+    assert aged.stats["cells_programmed"] == first.stats["cells_programmed"]
+    notes = [line for line in aged.deviations if "reprogrammed" in line]
+    assert notes and "beyond the profile's drift data" in notes[0]
+    # the slots now on the chip were programmed in this run, not 1e7 s ago
+    from cimcal.analog import AnalogConfig
+    from cimcal.deploy import calibrated_analog_model
+    from cimcal.deploy_plan import ChipGeometry, plan_deployment
+
+    analog = calibrated_analog_model(trained_small, digits, profile, AnalogConfig(compile=False))
+    plan = plan_deployment(analog, profile, ChipGeometry.from_tester_config(tester.config))
+    slots = {slot.key: slot for slot in plan.slots}
+    for array, record in json.loads((tmp_path / "state.json").read_text())["arrays"].items():
+        slot = slots[record["slot"]]
+        assert chip.clock_s - float(tester.program_time(int(array))[slot.cell_rows, slot.cell_cols].min()) < last_s

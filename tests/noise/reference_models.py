@@ -104,6 +104,9 @@ class BootstrapADC:
     """
 
     def fit(self, df: pd.DataFrame) -> "BootstrapADC":
+        self.pooled_ = "col" not in df  # like ADCLUT: a table without col fits one pooled transfer
+        if self.pooled_:
+            df = df.assign(col=0)
         self.n_codes_ = _n_codes(df["code"].to_numpy())
         self.cols_ = torch.as_tensor(np.sort(df["col"].unique()), dtype=torch.long)
         self.inputs_ = torch.as_tensor(np.sort(df["input"].unique()), dtype=torch.float64)

@@ -106,3 +106,22 @@ def test_validate_compares_held_out_reads_between_time_points_at_their_own_time(
     held_out = held_out[held_out["t_s"] < 3.0].assign(t_s=lambda d: d["t_s"] + 30.0)  # 31..33 s
     groups = validate_profile(ChipProfile(fitted, None, {}), conductance=held_out).conductance
     assert {round(g.t_s) for g in groups} == {32}
+
+
+def test_nominal_first_and_last_read_times_are_inside_the_profile_range(fitted):
+    # the time points are cluster means (~1.65 s, ~100.65 s) of reads from 1.0 s to ~101.3 s; like held-out
+    # reads, a time within 0.1 in log1p(t_s) of the first or last read belongs to the end time point
+    from cimcal.analog.layers import profile_tables
+    from cimcal.errors import ConfigError
+
+    first, last = float(fitted.t_span_s_[0, 0]), float(fitted.t_span_s_[-1, 1])
+    assert first < 1.01 < float(fitted.t_s_[0]) and last > float(fitted.t_s_[-1])
+    lo, hi = fitted.t_limits_s()
+    assert lo == pytest.approx(np.expm1(np.log1p(first) - 0.1)) and hi == pytest.approx(np.expm1(np.log1p(last) + 0.1))
+    profile = ChipProfile(fitted, None, {})
+    level = torch.tensor([2])
+    for t_s, point in ((0.9, 0), (first, 0), (last, -1), (1.05 * last, -1)):  # sampled at the end time point
+        assert profile_tables(profile, t_s)[0] is not None
+        assert float(fitted.mean_us(level, t_s=t_s)) == pytest.approx(float(fitted.mean_us_[point, 2]))
+    with pytest.raises(ConfigError, match=r"AnalogConfig.t_s=0.5 s is outside .* \[0.81\d*, 112\.\d\] s$"):
+        profile_tables(profile, 0.5)

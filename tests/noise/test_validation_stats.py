@@ -144,11 +144,27 @@ def test_validate_profile_needs_data_and_matching_models():
 def test_pooled_adc_model_validates_columns_as_one():
     df = synthetic_adc(cols=2, n_inputs=64, repeats=40, seed=5)
     fit, held = split_adc(df.assign(col=0), fit_repeats=32)
-    model = BootstrapADC().fit(fit)
+    model = BootstrapADC().fit(fit.drop(columns="col"))
     result = validate_adc(model, held.drop(columns="col"), seed=1)
     assert [c.col for c in result.adc] == [0]
     assert result.adc[0].n_conversions == len(held)
     assert torch.equal(model.cols_, torch.tensor([0]))
+
+
+def test_single_column_adc_profile_is_per_column_not_pooled():
+    from cimcal.noise import ADCLUT
+
+    df = synthetic_adc(cols=3, n_inputs=64, repeats=12, seed=6)
+    fit, held = split_adc(df, fit_repeats=8)
+    only_col2 = ADCLUT().fit(fit[fit["col"] == 2])
+    assert validate_adc(only_col2, held[held["col"] == 2], seed=0).adc[0].col == 2
+    with pytest.raises(DataError, match="held.csv, column 'col'.*ADC column 0 is not in the profile"):
+        validate_adc(only_col2, held[held["col"] == 0], source="held.csv")
+    per_column = ADCLUT().fit(fit)
+    with pytest.raises(DataError, match=r"held.csv: .*no 'col' column.*per column \(columns \[0, 1, 2\]\)"):
+        validate_adc(per_column, held.drop(columns="col"), source="held.csv")
+    pooled = ADCLUT().fit(fit.drop(columns="col"))
+    assert [c.col for c in validate_adc(pooled, held, seed=0).adc] == [int(pooled.cols_[0])]
 
 
 def test_per_read_timestamps_group_into_the_fitted_time_points(conductance_split):

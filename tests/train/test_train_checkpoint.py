@@ -84,3 +84,30 @@ def test_mismatched_task_or_model_is_a_clear_error(saved):
         load_checkpoint(path, task="charlm")
     with pytest.raises(CheckpointError, match="holds model 'cnn', not 'mlp'"):
         load_checkpoint(path, model="mlp")
+
+
+def test_weights_that_do_not_fit_name_the_first_offending_weight(saved, tmp_path):
+    model, meta, _ = saved
+    wider = save_checkpoint(tmp_path / "wider.ckpt", model, {**meta, "hparams": {"channels": [4, 8], "hidden": 32}})
+    with pytest.raises(CheckpointError, match=r"wider.ckpt: weights do not fit model 'cnn': weight "
+                                              r"'classifier.0.weight' has shape \(16, 128\), the model needs \(32, 128\)"):
+        load_checkpoint(wider).build_model()
+    mlp = save_checkpoint(tmp_path / "mlp.ckpt", model, {**meta, "model": "mlp", "hparams": {"hidden": [8]}})
+    with pytest.raises(CheckpointError, match=r"mlp.ckpt: weights do not fit model 'mlp': missing weight 'net.1"):
+        load_checkpoint(mlp).build_model()
+
+
+def test_missing_metadata_keys_are_named_before_use(saved, tmp_path):
+    from cimcal.deploy import deploy_checkpoint
+    from cimcal.train.evaluate import evaluate_checkpoint
+
+    model, meta, path = saved
+    assert "split_seed" not in meta  # a checkpoint for your own data loads without it
+    assert load_checkpoint(path).meta["task"] == "digits"
+    with pytest.raises(CheckpointError, match=r"model.ckpt: checkpoint metadata lacks 'split_seed'"):
+        evaluate_checkpoint(path, None)
+    with pytest.raises(CheckpointError, match=r"model.ckpt: checkpoint metadata lacks 'split_seed'"):
+        deploy_checkpoint(path, None, tester=object())
+    no_hparams = save_checkpoint(tmp_path / "bare.ckpt", model, {k: v for k, v in meta.items() if k != "hparams"})
+    with pytest.raises(CheckpointError, match=r"bare.ckpt: checkpoint metadata lacks 'hparams'"):
+        load_checkpoint(no_hparams, require=("task", "model", "hparams"))

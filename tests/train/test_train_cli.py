@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import re
 
 import pytest
 
@@ -46,6 +48,26 @@ def test_cli_evaluate_human_output_and_drift(trained_ckpt, chip_profile_path, ca
     assert "accuracy over 2 chip instances" in out and "t = 3600 s" in out and "noise-free" in out
 
 
+def test_cli_evaluate_reports_and_range_checks_the_checkpoint_t_s(trained_ckpt, chip_profile_path, tmp_path, capsys):
+    from cimcal.train import save_checkpoint
+
+    loaded = load_checkpoint(trained_ckpt)
+
+    def with_t_s(t_s):
+        meta = copy.deepcopy(loaded.meta)
+        meta["analog_config"]["t_s"] = t_s
+        return save_checkpoint(tmp_path / f"t{t_s:g}.ckpt", loaded.build_model(), meta)
+
+    args = ["--profile", str(chip_profile_path), "--mc", "1", "--no-compile"]
+    capsys.readouterr()
+    assert main(["evaluate", str(with_t_s(3600.0)), *args, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["t_s"] == 3600.0  # the checkpoint's, not null
+    late = with_t_s(1e9)
+    assert main(["evaluate", str(late), *args]) == 2
+    err = capsys.readouterr().err
+    assert str(late) in err and "AnalogConfig.t_s=1e+09 s" in err and "--t-s" in err and "Traceback" not in err
+
+
 def test_cli_errors_exit_2(trained_ckpt, chip_profile_path, tmp_path, capsys):
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(trained_ckpt.read_bytes()[:-5] + b"xxxxx")
@@ -53,6 +75,21 @@ def test_cli_errors_exit_2(trained_ckpt, chip_profile_path, tmp_path, capsys):
     assert "checksum mismatch" in capsys.readouterr().err
     assert main(["train", "--task", "digits", "--method", "ste", "-o", str(tmp_path / "x.ckpt")]) == 2
     assert "needs at least one --profile" in capsys.readouterr().err
+
+
+def test_wrong_hyperparameter_types_are_one_line_config_errors(chip_profile_path, tmp_path, capsys):
+    from cimcal.errors import ConfigError
+
+    capsys.readouterr()
+    assert main(["train", "--task", "digits", "--profile", str(chip_profile_path), "--method", "ste",
+                 "--hparam", "hidden=64", "--no-compile", "-o", str(tmp_path / "x.ckpt")]) == 2
+    err = capsys.readouterr().err
+    assert "hidden must be a list of ints >= 1, got 64" in err and "Traceback" not in err
+    for name, hparams, message in [("mlp", {"hidden": [0]}, "hidden must be a list of ints >= 1, got [0]"),
+                                   ("cnn", {"hidden": 2.5}, "hidden must be an int >= 1, got 2.5"),
+                                   ("cnn", {"channels": [4]}, "channels must be a list of 2 ints >= 1, got [4]")]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            build_model("digits", name, {}, hparams)
 
 
 def test_mc_instances_differ_and_are_reproducible(digits_task, fleet_profiles, analog_config):
