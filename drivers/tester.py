@@ -86,7 +86,7 @@ class CIMTester(CimcalInstrument):
     n_levels = Instrument.measurement("CHIP:LEV?", "Number of programmable levels L (int).", cast=int)
     level_targets_us = Instrument.measurement(
         "CHIP:LEV:TARG?", "Target conductance of levels 0..L-1, microsiemens (list of float).",
-        get_process_list=lambda v: [float(x) for x in v])
+        get_process_list=lambda v: [float(x) for x in v], get_process=lambda v: [float(v)])  # one level: one value
     adc_bits = Instrument.measurement("ADC:BITS?", "ADC resolution, bits (int).", cast=int)
     adc_range_ua = Instrument.measurement(
         "ADC:RANG?", "ADC input range (min, max) of column current, microamperes.", get_process_list=_pair,
@@ -121,9 +121,14 @@ class CIMTester(CimcalInstrument):
     def config(self) -> TesterConfig:
         """The chip's geometry, levels, converter ranges and limits (queried once, then cached)."""
         if self._config is None:
+            arrays, rows, cols, levels = self.arrays, self.rows, self.cols, self.n_levels  # the protocol's order
+            targets = tuple(self.level_targets_us)
+            if len(targets) != levels:
+                raise InstrumentError(f"{len(targets)} level targets for the {levels} levels CHIP:LEV? reported",
+                                      command="CHIP:LEV:TARG?", reply=",".join(f"{t:g}" for t in targets),
+                                      resource=self.resource_name)
             self._config = TesterConfig(
-                arrays=self.arrays, rows=self.rows, cols=self.cols, levels=self.n_levels,
-                targets_us=tuple(self.level_targets_us), adc_bits=self.adc_bits,
+                arrays=arrays, rows=rows, cols=cols, levels=levels, targets_us=targets, adc_bits=self.adc_bits,
                 adc_range_ua=self.adc_range_ua, dac_bits=self.dac_bits, dac_range_v=self.dac_range_v,
                 v_read_max_v=float(self.chip_v_read_max_v), v_prog_max_v=float(self.chip_v_prog_max_v))
         return self._config

@@ -256,3 +256,15 @@ def test_an_empty_mvm_batch_sends_nothing_and_returns_no_rows():
         diff = tester.mvm_differential(0, np.zeros((0, 2)), 1.0, 0.0)
     assert codes.shape == (0, 3) and codes.dtype == np.int16
     assert diff.shape == (0, 1) and diff.dtype == np.int16
+
+
+@pytest.mark.parametrize("levels, targets, ok", [("1", "7.5", True), ("4", "1.0,5.0,9.0", False), ("2", "1,2,3", False)])
+def test_level_targets_must_match_the_level_count(levels, targets, ok):
+    exchange = [(q, levels if q == "CHIP:LEV?" else targets if q == "CHIP:LEV:TARG?" else r) for q, r in CONFIG_EXCHANGE]
+    with expected_protocol(CIMTester, exchange[:5] if not ok else exchange) as tester:
+        if ok:
+            assert tester.config.targets_us == (7.5,) and tester.config.levels == 1
+        else:
+            with pytest.raises(InstrumentError) as info:
+                tester.config
+            assert info.value.command == "CHIP:LEV:TARG?" and f"for the {levels} levels" in str(info.value)
