@@ -99,7 +99,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny smoke run")
     parser.add_argument("--json", dest="json_path", default=None, help="also write the rows as JSON")
     args = parser.parse_args(argv)
-    seeds = [int(v) for v in args.seeds.split(",")]
+    try:
+        seeds = [int(v) for v in args.seeds.split(",")]
+    except ValueError:
+        parser.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
+    for option, given, allowed in (("--tasks", args.tasks, ("digits", "charlm")),
+                                   ("--methods", args.methods, ("clean", "gaussian", "ste"))):
+        unknown = [name for name in given.split(",") if name not in allowed]
+        if unknown:
+            parser.error(f"{option}: unknown {unknown[0]!r}; choose from {', '.join(allowed)}")
     if args.quick:
         args.mc, args.digits_epochs, args.charlm_epochs, args.charlm_chars = 3, 2, 1, 8_000
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))

@@ -18,3 +18,20 @@ def test_profiles_checkpoints_and_tables_are_written_with_the_users_file_mode(tm
         os.umask(umask)
     assert not temporary.exists()
     assert (tmp_path / "x").stat().st_mode & 0o777 == 0o644
+
+
+def test_publishing_never_changes_the_process_umask(tmp_path, monkeypatch) -> None:
+    """Setting the umask to read it would, for that instant, give files other threads create another mode."""
+    temporary = tmp_path / "y.tmp"
+    temporary.write_bytes(b"1")
+    umask = os.umask(0o027)
+    try:
+        def refuse(_mask: int) -> int:
+            raise AssertionError("publish_file changed the umask")
+
+        monkeypatch.setattr(os, "umask", refuse)
+        publish_file(temporary, tmp_path / "y")
+        monkeypatch.undo()
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "y").stat().st_mode & 0o777 == 0o640

@@ -74,6 +74,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         click.echo(f"error: {err}", err=True)
         return err.exit_code
+    except OSError as err:  # a file the command had to write or read (the path is in the message)
+        if debug:
+            raise
+        where = f"{err.filename}: " if err.filename else ""
+        click.echo(f"error: {where}{err.strerror or err}", err=True)
+        return 2
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 130

@@ -89,9 +89,21 @@ def _locate_bad_line(source: SourceFile) -> int | None:
     return None
 
 
+def _wide_text(source: SourceFile) -> bool:
+    """Whether the file starts with a UTF-16/32 byte-order mark (Excel's "Unicode text" export)."""
+    if source.path is None:
+        return False
+    try:
+        with open(source.path, "rb") as handle:
+            head = handle.read(2)
+    except OSError:
+        return False
+    return head in (b"\xff\xfe", b"\xfe\xff")  # UTF-32 LE starts with FF FE too
+
+
 def _csv_failure(source: SourceFile, err: BaseException, rows_done: int) -> DataError:
     message = first_line(err)
-    if isinstance(err, UnicodeDecodeError) or "invalid UTF8" in message:
+    if isinstance(err, UnicodeDecodeError) or "invalid UTF8" in message or _wide_text(source):
         return DataError("the CSV file is not UTF-8 text; save it as UTF-8 (or export to Parquet)", path=source.name)
     if "Empty CSV file" in message:
         return DataError("empty input: the CSV file has no header and no rows", path=source.name)

@@ -153,6 +153,14 @@ def expand_sources(sources: Source | Sequence[Source]) -> list[SourceFile]:
             raise DataError("not a regular file or directory", path=str(path))
         else:
             raise DataError("no such file or directory", path=str(path))
+    seen: dict[Path, str] = {}
+    for source in expanded:  # a file named twice (or a folder and a file in it) would count its rows twice
+        if source.path is not None:
+            key = source.path.resolve()
+            if key in seen:
+                raise DataError(f"named twice among the sources (first as {seen[key]}): its rows would count twice",
+                                path=source.name)
+            seen[key] = source.name
     return expanded
 
 

@@ -36,6 +36,8 @@ _RESERVED = ("schema_version", "kind", "units", "created", "cimcal_version")
 
 def _json_safe(value: object, key: str) -> object:
     """Make caller metadata JSON-ready (numpy scalars, paths); reject what cannot be."""
+    if isinstance(value, np.datetime64):  # .item() of a nanosecond datetime64 is a bare int
+        return pd.Timestamp(value).isoformat()
     if isinstance(value, (np.generic,)):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):

@@ -123,6 +123,7 @@ class ChipProfile:
         tensors, metadata = self._content()
         tmp = path.with_name(path.name + ".tmp")
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             save_file(tensors, str(tmp), metadata=metadata)
             publish_file(tmp, path)
         except OSError as err:

@@ -112,3 +112,14 @@ def test_report_writes_one_self_contained_html(profile_path, dumps, tmp_path, ca
     assert page.count('src="data:image/png;base64,') == 5
     assert not re.search(r'(src|href)="(?!data:)', page)
     assert "Validation against held-out measurements" in page and "Provenance" in page
+
+
+def test_fit_creates_the_output_folder_and_a_path_through_a_file_is_one_line(dumps, profile_path, tmp_path, capsys):
+    out = tmp_path / "new" / "dir" / "c.cimprof"
+    assert main(["fit", "--conductance", dumps["cond_fit"], "-o", str(out)]) == 0 and out.is_file()
+    capsys.readouterr()
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    rc = main(["report", profile_path, "-o", str(blocker / "r.html")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and "file.txt" in err and len(err.strip().splitlines()) == 1

@@ -277,3 +277,21 @@ def test_corrupt_page_data_names_the_file(tmp_path):
     except DataError as err:
         assert str(path) in str(err)
     # Zeroed bytes may still decode to numbers: then the values are validated like any others.
+
+
+def test_a_utf16_csv_is_told_to_be_saved_as_utf8(tmp_path):
+    path = tmp_path / "u16.csv"
+    make_conductance().to_csv(path, index=False, encoding="utf-16")
+    with pytest.raises(DataError, match="not UTF-8 text; save it as UTF-8") as info:
+        read_table(path, "conductance")
+    assert "u16.csv" in str(info.value)
+
+
+def test_a_file_named_twice_is_refused_not_counted_twice(tmp_path):
+    folder = tmp_path / "dump"
+    folder.mkdir()
+    path = folder / "c.csv"
+    make_conductance().to_csv(path, index=False)
+    for sources in ([path, tmp_path / "dump" / ".." / "dump" / "c.csv"], [folder, path]):
+        with pytest.raises(DataError, match="named twice among the sources"):
+            read_table(sources, "conductance")

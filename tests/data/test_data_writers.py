@@ -99,3 +99,9 @@ def test_read_metadata_errors_name_the_file(tmp_path):
         read_metadata(junk)
     with pytest.raises(DataError, match="no such file"):
         read_metadata(tmp_path / "missing.parquet")
+
+
+def test_numpy_datetime_metadata_is_stored_as_iso_text(tmp_path):
+    path = write_table(make_conductance(), tmp_path / "c.parquet", "conductance",
+                       metadata={"measured": np.datetime64("2024-01-01T00:00:00", "ns")})
+    assert read_metadata(path)["measured"] == "2024-01-01T00:00:00"
