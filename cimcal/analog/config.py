@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
 from cimcal.errors import ConfigError
 
-__all__ = ["AnalogConfig", "NOISE_MODES", "RESAMPLE_MODES", "ADC_GRAD_MODES", "GRAD_X_WEIGHTS"]
+__all__ = ["AnalogConfig", "resolve_config", "NOISE_MODES", "RESAMPLE_MODES", "ADC_GRAD_MODES", "GRAD_X_WEIGHTS"]
 
 NOISE_MODES = ("lut", "gaussian", "none")
 RESAMPLE_MODES = ("every_forward", "fixed_instance")
@@ -98,6 +99,10 @@ class AnalogConfig:
             raise ConfigError(f"AnalogConfig.calib_momentum must be in (0, 1], got {self.calib_momentum!r}")
         if not isinstance(self.compile, bool):
             raise ConfigError(f"AnalogConfig.compile must be True or False, got {self.compile!r}")
+        for field in dataclasses.fields(self):  # numpy scalars -> plain int/float: the config stays JSON-able
+            value = getattr(self, field.name)
+            if isinstance(value, numbers.Real) and not isinstance(value, bool) and type(value) not in (int, float):
+                object.__setattr__(self, field.name, int(value) if isinstance(value, numbers.Integral) else float(value))
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -118,8 +123,19 @@ class AnalogConfig:
         return dataclasses.replace(self, **changes).validate()
 
 
+def resolve_config(config: Any) -> AnalogConfig:
+    """``config`` validated (``None``: the defaults); anything but an AnalogConfig raises ConfigError."""
+    if config is None:
+        return AnalogConfig()
+    if not isinstance(config, AnalogConfig):
+        raise ConfigError(
+            f"config must be an AnalogConfig (build one from a dict with AnalogConfig.from_dict), got {type(config).__name__}"
+        )
+    return config.validate()
+
+
 def _is_real(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -128,5 +144,5 @@ def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
 
 
 def _int_range(name: str, value: Any, low: int, high: int) -> None:
-    if not (isinstance(value, int) and not isinstance(value, bool) and low <= value <= high):
+    if not (isinstance(value, numbers.Integral) and not isinstance(value, bool) and low <= value <= high):
         raise ConfigError(f"AnalogConfig.{name} must be an integer in [{low}, {high}], got {value!r}")

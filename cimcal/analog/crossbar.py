@@ -60,8 +60,7 @@ def calibrated_inputs(
     one compiled call for contiguous float32 CPU tensors."""
     if use_kernels(compiled, x, state) and x.is_contiguous():
         starts, line = sample_plan(x.numel())
-        k = _kth_rank(starts.numel() * line, percentile)
-        return kernels.calibrated_dac(x, starts, line, k, state, momentum, update, bits)
+        return kernels.calibrated_dac(x, starts, line, percentile, state, momentum, update, bits)
     full_scale = running_percentile(state, x, percentile, momentum, update)
     return quantize_inputs(x, full_scale, bits, compiled), full_scale
 
@@ -114,33 +113,38 @@ def _kth_rank(n: int, percentile: float) -> int:
     return min(n, max(1, int(round(percentile / 100.0 * n))))
 
 
-def subsample_abs_percentile(values: torch.Tensor, percentile: float) -> float:
-    """Percentile of ``|values|`` over :func:`stats_sample`: the k-th smallest, NaN ordered last as in
-    ``torch.kthvalue``."""
+def subsample_abs_percentile(values: torch.Tensor, percentile: float) -> float | None:
+    """Percentile of the finite ``|values|`` over :func:`stats_sample` (the k-th smallest of them), or None if
+    the sample holds no finite value."""
     sample = stats_sample(values).abs().float()
+    sample = sample[sample < float("inf")]  # NaN and inf left out: one bad batch must not poison the running value
     n = sample.numel()
+    if n == 0:
+        return None
     k = _kth_rank(n, percentile)
     # the k-th smallest by a partial selection of the shorter side (faster than kthvalue for the high
-    # percentiles used here; same value, NaN ordered last)
+    # percentiles used here; same value)
     if n - k + 1 <= k:
         return float(sample.topk(n - k + 1).values[-1])
     return float(sample.topk(k, largest=False).values[-1])
 
 
 def running_percentile(state: torch.Tensor, values: torch.Tensor, percentile: float, momentum: float, update: bool) -> float:
-    """The running calibration value in ``state`` (0-dim), after folding in this batch's ``percentile`` of
-    ``|values|`` (over :func:`stats_sample`) if ``update`` or ``state`` is not yet positive: the first value sets
-    it, later ones move it by ``momentum`` (an exponential moving average). One compiled call for float32 CPU
-    tensors (gather, selection and update), else torch ops."""
+    """The running calibration value in ``state`` (0-dim), after folding in this batch's ``percentile`` of the
+    finite ``|values|`` (over :func:`stats_sample`) if ``update`` or ``state`` is not yet positive: the first value
+    sets it, later ones move it by ``momentum`` (an exponential moving average). A batch without a finite value
+    above 1e-12 (all NaN, all zero) leaves it alone; while it is not positive the value returned is 1e-12. One
+    compiled call for float32 CPU tensors (gather, selection and update), else torch ops."""
     if use_kernels(True, values, state) and values.is_contiguous():
         flat = values.view(-1)
         starts, line = sample_plan(flat.numel())
-        return kernels.running_kth(flat, starts, line, _kth_rank(starts.numel() * line, percentile), state, momentum, update)
+        return kernels.running_kth(flat, starts, line, percentile, state, momentum, update)
     old = float(state)
     if update or old <= 0:
-        new = max(subsample_abs_percentile(values, percentile), 1e-12)
-        state.fill_(new if old <= 0 else old + momentum * (new - old))
-    return float(state)
+        new = subsample_abs_percentile(values, percentile)
+        if new is not None and new > 1e-12:
+            state.fill_(new if old <= 0 else old + momentum * (new - old))
+    return float(state) if float(state) > 0 else 1e-12
 
 
 def sample_unit_weight(

@@ -24,10 +24,11 @@ def gaussian_unit_weight(
 ) -> torch.Tensor:
     """Level-quantized (straight-through) unit weight plus Gaussian noise of both devices of each pair."""
     with torch.no_grad():
-        fine_idx = (w_unit.abs() * (N_FINE - 1)).round().clamp(0, N_FINE - 1).to(torch.int32)
+        # index in float32 whatever the weight dtype (bfloat16 would round 1023 up to 1024)
+        fine_idx = (w_unit.float().abs() * (N_FINE - 1)).round().clamp(0, N_FINE - 1).to(torch.int32)
         level = tables["level_of_fine"][fine_idx]
-        sign = torch.where(w_unit < 0, -1.0, 1.0)
-        mean_unit, sigma_unit = tables["mean_unit"], tables["sigma_unit"]
+        sign = torch.where(w_unit < 0, -1.0, 1.0).to(w_unit.dtype)
+        mean_unit, sigma_unit = tables["mean_unit"].to(w_unit.dtype), tables["sigma_unit"].to(w_unit.dtype)
         w_mean = sign * (mean_unit[level] - mean_unit[0])
         sigma = torch.sqrt(sigma_unit[level] ** 2 + sigma_unit[0] ** 2)
         noise = torch.randn(w_unit.shape, generator=generator, dtype=w_unit.dtype) * sigma
@@ -59,7 +60,7 @@ def gaussian_tiled_mvm(
         psum = psum_tile()
         if adc is not None:
             stats.append(stats_sample(psum.detach()).reshape(-1))
-            noise = torch.randn(psum.shape, generator=generator, dtype=psum.dtype) * sigma
+            noise = torch.randn(psum.shape, generator=generator, dtype=psum.dtype) * sigma.to(psum.dtype)
             clipped = torch.clamp(psum + noise, -psum_scale, psum_scale * (1.0 - 1e-6))
             code = RoundSTE.apply((clipped + psum_scale) / lsb - 0.5)
             psum = (code + 0.5) * lsb - psum_scale

@@ -201,27 +201,34 @@ def _abs_kth(flat, k):  # noqa: ANN001
 
 
 @njit(cache=_CACHE)
-def _running_kth(flat, starts, line, k, state, momentum, update):  # noqa: ANN001
+def _running_kth(flat, starts, line, percentile, state, momentum, update):  # noqa: ANN001
     old = np.float64(state[0])
     if update or old <= 0.0:
         sample = np.empty(starts.size * line, np.float32)
-        for b in range(starts.size):
+        n = 0
+        for b in range(starts.size):  # the finite |values| of the sample lines
             st = _U(starts[b])
             for c in range(_U(line)):
-                sample[b * line + c] = flat[st + c]
-        new = np.float64(_abs_kth(sample, k))
-        if 1e-12 > new:
-            new = 1e-12
-        state[0] = new if old <= 0.0 else old + momentum * (new - old)
-    return state[0]
+                v = abs(flat[st + c])
+                if v < np.float32(np.inf):
+                    sample[n] = v
+                    n += 1
+        if n > 0:
+            k = min(n, max(1, int(np.rint(percentile / 100.0 * n))))
+            new = np.float64(_abs_kth(sample[:n], k))
+            if new > 1e-12:  # an all-zero batch calibrates nothing
+                state[0] = new if old <= 0.0 else old + momentum * (new - old)
+    return state[0] if state[0] > 0.0 else np.float32(1e-12)
 
 
-def running_kth(flat: torch.Tensor, starts: torch.Tensor, line: int, k: int, state: torch.Tensor, momentum: float,
-                update: bool) -> float:
-    """If ``update`` or ``state`` (a 0-dim float32 running value) is not yet positive: fold the k-th smallest
-    ``|x|`` of the lines ``flat[starts[b] : starts[b] + line]`` into it (the first value sets it, later ones move it
-    by ``momentum``). Returns the running value. One call: gather, select, update."""
-    return float(_running_kth(_np(flat).reshape(-1), _np(starts), line, k, _np(state).reshape(1), momentum, update))
+def running_kth(flat: torch.Tensor, starts: torch.Tensor, line: int, percentile: float, state: torch.Tensor,
+                momentum: float, update: bool) -> float:
+    """If ``update`` or ``state`` (a 0-dim float32 running value) is not yet positive: fold the ``percentile`` of
+    the finite ``|x|`` of the lines ``flat[starts[b] : starts[b] + line]`` into it (the first value sets it, later
+    ones move it by ``momentum``; a batch without a finite value above 1e-12 leaves it alone). Returns the running
+    value, or 1e-12 while it is not positive. One call: gather, select, update."""
+    return float(_running_kth(_np(flat).reshape(-1), _np(starts), line, float(percentile), _np(state).reshape(1),
+                              momentum, update))
 
 
 # ------------------------------------------------------------------------------------------- DAC
@@ -243,8 +250,8 @@ def dac_quantize(x: torch.Tensor, full_scale: float, bits: int) -> torch.Tensor:
 
 
 @_Kernel
-def _calibrated_dac(x, starts, line, k, state, momentum, update, q_max, step, out):  # noqa: ANN001
-    scale = np.float32(_running_kth(x, starts, line, k, state, momentum, update))
+def _calibrated_dac(x, starts, line, percentile, state, momentum, update, q_max, step, out):  # noqa: ANN001
+    scale = np.float32(_running_kth(x, starts, line, percentile, state, momentum, update))
     n = x.size
     for b in prange((n + _BLOCK_ELEMENTS - 1) // _BLOCK_ELEMENTS):
         for i in range(_U(b * _BLOCK_ELEMENTS), _U(min(n, (b + 1) * _BLOCK_ELEMENTS))):
@@ -254,7 +261,8 @@ def _calibrated_dac(x, starts, line, k, state, momentum, update, q_max, step, ou
 
 
 def calibrated_dac(
-    x: torch.Tensor, starts: torch.Tensor, line: int, k: int, state: torch.Tensor, momentum: float, update: bool, bits: int
+    x: torch.Tensor, starts: torch.Tensor, line: int, percentile: float, state: torch.Tensor, momentum: float,
+    update: bool, bits: int,
 ) -> tuple[torch.Tensor, float]:
     """:func:`running_kth` on ``x`` (contiguous float32) into ``state``, then the DAC at the resulting full scale,
     in one call: (quantized x, full scale)."""
@@ -262,7 +270,7 @@ def calibrated_dac(
     out = torch.empty_like(x)
     flat = _np(x).reshape(-1)
     scale = _calibrated_dac(
-        x.numel(), flat, _np(starts), line, k, _np(state).reshape(1), momentum, update, np.float32(q_max),
+        x.numel(), flat, _np(starts), line, float(percentile), _np(state).reshape(1), momentum, update, np.float32(q_max),
         np.float32(1.0 / q_max), out.numpy().reshape(-1),
     )
     return out, float(scale)

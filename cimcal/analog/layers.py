@@ -17,7 +17,9 @@ weight ``calib_momentum``; the first batch a layer ever sees sets them directly.
 
 from __future__ import annotations
 
+import functools
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -25,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cimcal.analog import kernels
-from cimcal.analog.config import AnalogConfig
+from cimcal.analog.config import AnalogConfig, resolve_config
 from cimcal.analog.converters import AdcTables, adc_columns, build_adc_tables, pack_bits
 from cimcal.analog.crossbar import (
     calibrated_inputs,
@@ -94,6 +96,32 @@ def profile_tables(profile: Any, t_s: float | None) -> tuple[ConductanceTables |
     return cond_tables, adc_tables
 
 
+def _analog_forward(forward: Callable[[Any, torch.Tensor], torch.Tensor]) -> Callable[[Any, torch.Tensor], torch.Tensor]:
+    """Wrap an analog layer's ``forward``: ``torch.compile`` graph-breaks around it (the simulation calls numba
+    kernels and reads calibration buffers as Python floats), and under ``torch.autocast`` the simulation runs
+    with autocast off on inputs cast to the weight's dtype, as ``torch.amp.custom_fwd(cast_inputs=...)`` would."""
+
+    @functools.wraps(forward)
+    def run(self: Any, x: torch.Tensor) -> torch.Tensor:
+        device_type = x.device.type
+        if self.config.noise != "none" and torch.is_autocast_enabled(device_type):
+            with torch.autocast(device_type, enabled=False):
+                return forward(self, x.to(self.weight.dtype))
+        return forward(self, x)
+
+    disabled: list[Callable[[Any, torch.Tensor], torch.Tensor]] = []  # built on first use: it imports dynamo (~2 s)
+
+    @functools.wraps(forward)
+    def wrapper(self: Any, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            if not disabled:
+                disabled.append(torch.compiler.disable(run))
+            return disabled[0](self, x)
+        return run(self, x)
+
+    return wrapper
+
+
 class AnalogLayer:
     """Behaviour shared by AnalogLinear and AnalogConv2d (a mixin over the torch module)."""
 
@@ -119,7 +147,7 @@ class AnalogLayer:
 
     def set_profile(self, profile: Any, config: AnalogConfig | None = None) -> None:
         """Bind (or rebind) the layer to a chip profile and config: rebuilds the tables, keeps calibration."""
-        config = (config or AnalogConfig()).validate()
+        config = resolve_config(config)
         if profile is None and config.noise != "none":
             raise ConfigError(f"AnalogConfig.noise={config.noise!r} needs a ChipProfile; pass profile= or use noise='none'")
         self.config = config
@@ -197,7 +225,9 @@ class AnalogLayer:
         if float(self.psum_scale_) <= 0:
             with torch.no_grad():
                 stats = torch.cat([stats_sample(psum_tile()) for psum_tile in psum_tiles])
-                running_percentile(self.psum_scale_, stats, self.config.psum_percentile, self.config.calib_momentum, True)
+                # 1e-12 while nothing calibrates it (an all-zero or all-NaN first batch)
+                return running_percentile(self.psum_scale_, stats, self.config.psum_percentile,
+                                          self.config.calib_momentum, True)
         return float(self.psum_scale_)
 
     # ---------------------------------------------------------------- simulation
@@ -376,6 +406,7 @@ class AnalogLinear(AnalogLayer, nn.Linear):
         layer._adopt(module, profile, config, generator)
         return layer
 
+    @_analog_forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         noise = self.config.noise
         if noise == "none":
@@ -431,6 +462,7 @@ class AnalogConv2d(AnalogLayer, nn.Conv2d):
         layer._adopt(module, profile, config, generator)
         return layer
 
+    @_analog_forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         noise = self.config.noise
         if noise == "none":

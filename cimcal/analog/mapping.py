@@ -120,9 +120,10 @@ def levels_and_sign(w_unit: torch.Tensor, level_of_fine: torch.Tensor) -> tuple[
     (active device on G+).
     """
     # as the kernels: NaN takes index 0 (the result stays NaN through the weight itself)
-    fine_idx = (w_unit.abs() * (N_FINE - 1) + 0.5).nan_to_num(0.0).floor().clamp(0, N_FINE - 1).to(torch.int32)
+    # in float32 whatever the weight dtype: bfloat16 would round index 1023 up to 1024
+    fine_idx = (w_unit.float().abs() * (N_FINE - 1) + 0.5).nan_to_num(0.0).floor().clamp(0, N_FINE - 1).to(torch.int32)
     level = level_of_fine[fine_idx]
-    sign = torch.where(w_unit < 0, -1.0, 1.0)
+    sign = torch.where(w_unit < 0, -1.0, 1.0).to(w_unit.dtype)
     return level, sign
 
 

@@ -60,8 +60,9 @@ def analog_view(model: nn.Module, profile: Any, config: Any, generator: torch.Ge
     from cimcal.analog import convert
 
     view = convert(copy.deepcopy(model), profile, config, generator=generator)
-    masters = dict(model.named_parameters())
-    for name, _ in list(view.named_parameters()):
+    # every name of a shared (tied) parameter, so each of its owners in the view gets the master
+    masters = dict(model.named_parameters(remove_duplicate=False))
+    for name, _ in list(view.named_parameters(remove_duplicate=False)):
         if name not in masters:
             raise ConfigError(f"convert() added parameter {name!r}; cannot share it across a fleet")
         owner_name, _, attr = name.rpartition(".")

@@ -40,3 +40,19 @@ def test_config_round_trips_through_json():
 def test_unknown_key_is_refused():
     with pytest.raises(ConfigError, match="no field 'tiles'"):
         AnalogConfig.from_dict({"tiles": 3})
+
+
+def test_numpy_scalars_are_accepted_and_stored_as_plain_numbers():
+    import numpy as np
+
+    config = AnalogConfig(tile_rows=np.int64(64), dac_bits=np.int32(6), t_s=np.float32(10.0),
+                          input_range=np.float64(2.5), calib_momentum=np.float32(0.5)).validate()
+    assert config == AnalogConfig(tile_rows=64, dac_bits=6, t_s=10.0, input_range=2.5, calib_momentum=0.5)
+    assert type(config.tile_rows) is int and type(config.t_s) is float
+    assert AnalogConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+@pytest.mark.parametrize("changes", [{"tile_rows": True}, {"tile_rows": 2.0}, {"t_s": True}, {"dac_bits": "8"}])
+def test_bools_floats_and_strings_are_not_integers(changes):
+    with pytest.raises(ConfigError, match=f"AnalogConfig.{next(iter(changes))} must be"):
+        AnalogConfig(**changes).validate()

@@ -163,26 +163,42 @@ def test_dac_kernel_equals_the_torch_quantizer():
 @pytest.mark.parametrize("percentile", [0.0, 50.0, 99.0, 99.9, 100.0])
 @pytest.mark.parametrize("nan_share", [0.0, 0.0005, 0.5])
 def test_running_percentile_kernel_equals_kthvalue(percentile, nan_share):
-    """Both branches (a top-m buffer for high percentiles, a partition otherwise), NaN ordered last as in torch;
-    the first batch sets the running value, later ones move it by the momentum; the torch path agrees."""
+    """Both branches (a top-m buffer for high percentiles, a partition otherwise) equal kthvalue over the sample's
+    finite values (NaN and inf left out); the first batch sets the running value, later ones move it by the
+    momentum; the torch path agrees."""
     from cimcal.analog.crossbar import running_percentile, stats_sample
 
     gen = torch.Generator().manual_seed(1)
     for n in (7, 5000, 300_000, 1_000_003):
         values = torch.randn(n, generator=gen)
         values[torch.rand(n, generator=gen) < nan_share] = float("nan")
+        values[torch.rand(n, generator=gen) < nan_share / 2] = float("inf")
         sample = stats_sample(values).abs()
+        sample = sample[sample.isfinite()]
         k = min(sample.numel(), max(1, int(round(percentile / 100.0 * sample.numel()))))
-        expected = sample.kthvalue(k).values.clamp_min(1e-12)
+        expected = sample.kthvalue(k).values
         for given in (values, values.double()):  # the kernel, and the torch path (float64 is not a kernel dtype)
             state = torch.zeros((), dtype=given.dtype)
             got = torch.tensor(running_percentile(state, given, percentile, 0.25, update=False), dtype=torch.float32)
-            assert torch.equal(got, expected) or (bool(got.isnan()) and bool(expected.isnan()))
-            if not bool(expected.isnan()):
-                state.fill_(2.0)
-                assert running_percentile(state, given, percentile, 0.25, update=False) == 2.0  # set: left alone
-                moved = running_percentile(state, given, percentile, 0.25, update=True)
-                assert moved == pytest.approx(2.0 + 0.25 * (float(expected) - 2.0), rel=1e-6)
+            assert torch.equal(got, expected)
+            state.fill_(2.0)
+            assert running_percentile(state, given, percentile, 0.25, update=False) == 2.0  # set: left alone
+            moved = running_percentile(state, given, percentile, 0.25, update=True)
+            assert moved == pytest.approx(2.0 + 0.25 * (float(expected) - 2.0), rel=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])  # the kernel and the torch path
+def test_a_batch_without_finite_values_leaves_the_running_value_alone(dtype):
+    """One NaN (or all-zero) batch must not poison the calibration for every later batch."""
+    from cimcal.analog.crossbar import running_percentile
+
+    for bad in (torch.full((4096,), float("nan"), dtype=dtype), torch.zeros(4096, dtype=dtype)):
+        state = torch.zeros((), dtype=dtype)
+        assert running_percentile(state, bad, 99.0, 0.25, update=True) == pytest.approx(1e-12)
+        assert float(state) == 0.0  # still uncalibrated: the next good batch sets it
+        good = torch.linspace(-1, 1, 4096, dtype=dtype)
+        assert running_percentile(state, good, 100.0, 0.25, update=True) == 1.0
+        assert running_percentile(state, bad, 99.0, 0.25, update=True) == 1.0  # set: a bad batch leaves it
 
 
 def test_the_statistics_sample_spreads_whole_cache_lines_over_the_tensor():
@@ -233,3 +249,20 @@ def test_sub_streams_of_one_draw_are_distinct_and_bounded():
     for bad in (-1, 1 << 16):
         with pytest.raises(ValueError, match="sub-stream index"):
             kernels.substream(stream, bad)
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_a_nan_batch_does_not_break_the_layers_calibration(fitted_profile, compiled):
+    from cimcal.analog import AnalogConfig, AnalogLinear
+
+    layer = AnalogLinear(64, 32, profile=fitted_profile, config=AnalogConfig(compile=compiled),
+                         generator=torch.Generator().manual_seed(0)).train()
+    x = torch.rand(16, 64, generator=torch.Generator().manual_seed(1))
+    layer(x)
+    scales = (float(layer.input_range_), float(layer.psum_scale_))
+    bad = x.clone()
+    bad[3, 5] = float("nan")  # one bad element: a NaN row of partial sums
+    assert bool(layer(bad)[3].isnan().all())
+    assert all(v > 0 and v == v for v in (float(layer.input_range_), float(layer.psum_scale_)))
+    assert float(layer.input_range_) == pytest.approx(scales[0], rel=0.5)
+    assert bool(layer(x).isfinite().all())  # later batches are unharmed

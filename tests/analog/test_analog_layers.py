@@ -190,3 +190,48 @@ def test_drift_time_changes_the_sampled_conductances(fitted_profile):
     early = profile_tables(fitted_profile, 1.0)[0]
     late = profile_tables(fitted_profile, 1000.0)[0]
     assert float(late.read_unit.view(-1, 256)[-1].median()) < float(early.read_unit.view(-1, 256)[-1].median())
+
+
+def _small_layers(profile, config):
+    torch.manual_seed(0)
+    return ((convert(nn.Linear(16, 8), profile, config), (4, 16)),
+            (convert(nn.Conv2d(2, 4, 3), profile, config), (2, 2, 6, 6)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("noise", ["lut", "gaussian"])
+def test_half_and_bfloat16_layers_run_forward_and_backward(fitted_profile, dtype, noise):
+    for layer, shape in _small_layers(fitted_profile, AnalogConfig(noise=noise)):
+        layer.to(dtype)
+        with torch.no_grad():
+            layer.weight[0].fill_(1.0)  # |w| / max|w| = 1 exactly: the last fine index (bfloat16 rounded it past the end)
+        x = torch.randn(shape).to(dtype).requires_grad_()
+        y = layer(x)
+        y.float().sum().backward()
+        assert y.dtype == dtype and bool(torch.isfinite(y).all())
+        assert layer.weight.grad.dtype == dtype and bool(torch.isfinite(layer.weight.grad).all())
+        assert bool(torch.isfinite(x.grad).all())
+
+
+@pytest.mark.parametrize("noise", ["lut", "gaussian"])
+def test_autocast_runs_the_simulation_in_float32(fitted_profile, noise):
+    for layer, shape in _small_layers(fitted_profile, AnalogConfig(noise=noise, compile=False)):
+        layer(torch.randn(shape))  # calibrates
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = layer(torch.randn(shape))
+        y.sum().backward()
+        assert y.dtype == torch.float32 and bool(torch.isfinite(y).all())
+        assert layer.weight.grad.dtype == torch.float32 and bool(torch.isfinite(layer.weight.grad).all())
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_torch_compile_graph_breaks_around_analog_layers(fitted_profile, compiled):
+    torch.manual_seed(0)
+    model = convert(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 16, 3)),
+                    fitted_profile, AnalogConfig(compile=compiled))
+    x = torch.rand(2, 1, 6, 6)
+    eager = model(x)
+    y = torch.compile(model, backend="eager")(x)
+    y.sum().backward()
+    assert y.shape == eager.shape and bool(torch.isfinite(y).all())
+    assert model[0].weight.grad is not None

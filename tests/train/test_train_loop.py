@@ -46,3 +46,32 @@ def test_noisy_methods_need_a_profile(digits_task):
         train_model(_tiny_mlp(digits_task), digits_task, [], method="ste")
     with pytest.raises(ConfigError, match="method must be one of"):
         train_model(_tiny_mlp(digits_task), digits_task, [], method="adam")
+
+
+def test_tied_weights_stay_tied_in_an_analog_view(fleet_profiles):
+    from torch import nn
+
+    from cimcal.analog import AnalogConfig
+    from cimcal.train.loop import analog_view
+
+    class Tied(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.enc = nn.Linear(8, 8, bias=False)
+            self.dec = nn.Linear(8, 8, bias=False)
+            self.dec.weight = self.enc.weight
+
+        def forward(self, x):
+            return self.dec(torch.relu(self.enc(x)))
+
+    torch.manual_seed(0)
+    model = Tied()
+    view = analog_view(model, fleet_profiles[0], AnalogConfig(noise="none", compile=False))
+    assert view.enc.weight is model.enc.weight and view.dec.weight is model.enc.weight
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    x = torch.randn(16, 8)
+    before = model.enc.weight.detach().clone()
+    view(x).pow(2).sum().backward()
+    optimizer.step()
+    assert not torch.equal(model.enc.weight, before)
+    assert torch.equal(view(x), model(x))  # the view's second owner runs the trained value too
