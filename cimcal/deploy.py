@@ -130,14 +130,19 @@ def _t_eval(profile: Any, config: Any, t_s: float | None) -> float:
     return float(torch.as_tensor(profile.conductance.t_s_).min())
 
 
-def _max_cell_age(profile: Any) -> float | None:
-    """Oldest cell age (s) the profile models (the end of its drift data), None without a conductance model."""
+_FRESH_AGE_S = 60.0  # a fresh run's own cells are read up to this old (programming an array takes seconds)
+
+
+def _max_cell_age(profile: Any, t_eval_s: float) -> float | None:
+    """Oldest age (s) at which a resume reuses cells an earlier run verified: the end of the profile's drift data,
+    but never less than a fresh run's own cells reach when read (10 t_eval or a minute), so a profile without
+    drift data does not make every resume reprogram. None without a conductance model."""
     conductance = getattr(profile, "conductance", None)
     if conductance is None:
         return None
     from cimcal.analog.layers import drift_time_limits_s
 
-    return drift_time_limits_s(conductance)[1]
+    return max(drift_time_limits_s(conductance)[1], 10.0 * t_eval_s, _FRESH_AGE_S)
 
 
 class ClockWait:
@@ -223,7 +228,7 @@ def deploy_model(
     t_eval = _t_eval(profile, analog_config, t_s)
     runner = ChipRunner(tester, plan, state, t_eval_s=t_eval, batch_vectors=batch_vectors, chunk_cells=chunk_cells,
                         wait=_pick_wait(idn), progress=progress, on_chunk=on_chunk, arrays=arrays,
-                        max_age_s=_max_cell_age(profile))
+                        max_age_s=_max_cell_age(profile, t_eval))
     try:
         runner.program_all()
         on_chip_model = chip_model(analog, runner)

@@ -34,7 +34,7 @@ def stamp_digest(times_s: np.ndarray, results: np.ndarray) -> str:
 
 def _well_formed(data: Any) -> bool:
     """True if ``data`` has the structure :meth:`DeployState.save` writes."""
-    if not isinstance(data, dict) or not isinstance(data.get("arrays"), dict):
+    if not isinstance(data, dict) or not isinstance(data.get("arrays"), dict) or not {"version", "key"} <= data.keys():
         return False
     return all(
         isinstance(record, dict) and isinstance(record.get("slot"), str) and isinstance(record.get("digest"), str)

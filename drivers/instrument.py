@@ -94,12 +94,13 @@ def _decode(payload: bytes, dtype: str | np.dtype) -> np.ndarray:
     return np.frombuffer(payload, dtype=dt).astype(dt.newbyteorder("="), copy=True)
 
 
-def _check_resource_name(resource: str) -> None:
-    """Raise InstrumentError with pyvisa's reason if ``resource`` is not a valid VISA resource name."""
+def _resource_name_problem(resource: str) -> str | None:
+    """Why ``resource`` is not a valid VISA resource name (pyvisa's reason), or None if it parses."""
     try:
         pyvisa.rname.parse_resource_name(resource)
     except pyvisa.rname.InvalidResourceName as exc:
-        raise InstrumentError(f"invalid VISA resource name {resource!r}: {exc}") from None
+        return str(exc)
+    return None
 
 
 class ErrorDialect:
@@ -248,9 +249,13 @@ class CimcalInstrument(Instrument):
             try:
                 adapter = VISAAdapter(adapter, visa_library=visa_library, **kwargs)
             except (pyvisa.errors.Error, OSError, ValueError) as exc:
-                # checked only now: a system VISA may know aliases that the standard syntax does not
-                _check_resource_name(self.resource_name)
-                raise InstrumentError(f"cannot open VISA resource: {exc}", resource=self.resource_name) from exc
+                # the name is checked only now (a system VISA may know aliases outside the standard syntax), and
+                # its parse error is added to the open error, not put in its place
+                problem = _resource_name_problem(self.resource_name)
+                message = f"cannot open VISA resource: {exc}"
+                if problem is not None:
+                    message = f"invalid VISA resource name ({problem}); opening it failed: {exc}"
+                raise InstrumentError(message, resource=self.resource_name) from exc
         else:
             self._open_kwargs = {}
         super().__init__(adapter, name, includeSCPI=False)

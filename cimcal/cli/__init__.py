@@ -74,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         click.echo(f"error: {err}", err=True)
         return err.exit_code
-    except OSError as err:  # a file the command had to write or read (the path is in the message)
-        if debug:
+    except OSError as err:  # a file the command had to write or read, named by the error
+        if debug or not err.filename:
             raise
         where = f"{err.filename}: " if err.filename else ""
         click.echo(f"error: {where}{err.strerror or err}", err=True)

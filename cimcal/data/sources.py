@@ -156,7 +156,7 @@ def expand_sources(sources: Source | Sequence[Source]) -> list[SourceFile]:
     seen: dict[Path, str] = {}
     for source in expanded:  # a file named twice (or a folder and a file in it) would count its rows twice
         if source.path is not None:
-            key = source.path.resolve()
+            key = Path(os.path.normpath(os.path.abspath(source.path)))  # symlinks kept: linked files are distinct
             if key in seen:
                 raise DataError(f"named twice among the sources (first as {seen[key]}): its rows would count twice",
                                 path=source.name)

@@ -38,3 +38,18 @@ def test_console_script_exit_code_and_one_line_error(tmp_path) -> None:
 def test_data_error_names_file_column_and_rows() -> None:
     err = DataError("negative conductance", path="a.csv", column="g_us", rows=[3, 7])
     assert str(err) == "a.csv, column 'g_us', rows 3, 7: negative conductance"
+
+
+def test_an_oserror_without_a_path_keeps_its_traceback(monkeypatch) -> None:
+    """Only errors on a named file become one line; anything else is a bug to be located."""
+    import click
+    import pytest
+
+    from cimcal import cli as cli_module
+
+    def boom(*_args, **_kwargs):
+        raise OSError(98, "Address already in use")
+
+    monkeypatch.setattr(click.Group, "main", boom)
+    with pytest.raises(OSError, match="Address already in use"):
+        cli_module.main(["info", "x"])

@@ -295,3 +295,16 @@ def test_a_file_named_twice_is_refused_not_counted_twice(tmp_path):
     for sources in ([path, tmp_path / "dump" / ".." / "dump" / "c.csv"], [folder, path]):
         with pytest.raises(DataError, match="named twice among the sources"):
             read_table(sources, "conductance")
+
+
+def test_symlinked_equal_files_in_two_partitions_are_two_sources(tmp_path):
+    """DVC and git-annex link equal files to one stored object: each link is its own source (own partition)."""
+    from cimcal.data.sources import expand_sources
+
+    store = tmp_path / "object.csv"
+    make_conductance().to_csv(store, index=False)
+    for chip in ("A", "B"):
+        (tmp_path / "ds" / f"chip_id={chip}").mkdir(parents=True)
+        (tmp_path / "ds" / f"chip_id={chip}" / "part.csv").symlink_to(store)
+    files = expand_sources(tmp_path / "ds")
+    assert sorted(f.partition["chip_id"] for f in files) == ["A", "B"]

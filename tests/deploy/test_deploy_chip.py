@@ -123,6 +123,7 @@ def test_signed_inputs_run_as_two_unipolar_passes_and_are_reported(trained_small
 @pytest.mark.parametrize("text", [
     "[]", "{not json", '{"version": 1, "key": "k"}', '{"version": 1, "key": "k", "arrays": []}',
     '{"version": 1, "key": "k", "arrays": {"0": {"slot": "s", "digest": "d"}}}',  # a record without chunks
+    '{"arrays": {}}', '{"key": "k", "arrays": {}}',  # no version / key
 ])
 def test_a_state_file_of_another_shape_counts_as_absent(tmp_path, text):
     from cimcal.deploy_state import DeployState
@@ -160,3 +161,24 @@ def test_resume_reprograms_cells_aged_beyond_the_profile_drift_data(trained_smal
     for array, record in json.loads((tmp_path / "state.json").read_text())["arrays"].items():
         slot = slots[record["slot"]]
         assert chip.clock_s - float(tester.program_time(int(array))[slot.cell_rows, slot.cell_cols].min()) < last_s
+
+
+def test_the_reuse_age_is_never_below_what_a_fresh_run_reads():
+    """A profile without drift data (reads at ~1 s) must not make every resume reprogram: cells are reused up to
+    the end of the drift data, but at least 10 t_eval or a minute (a fresh run's own cells reach that)."""
+    from types import SimpleNamespace
+
+    from cimcal.deploy import _max_cell_age
+
+    class OneSecond:
+        def t_limits_s(self):
+            return 0.8, 1.3
+
+    class Long:
+        def t_limits_s(self):
+            return 0.8, 1.1e4
+
+    assert _max_cell_age(SimpleNamespace(conductance=OneSecond()), 1.1) == 60.0
+    assert _max_cell_age(SimpleNamespace(conductance=OneSecond()), 30.0) == 300.0
+    assert _max_cell_age(SimpleNamespace(conductance=Long()), 1.1) == 1.1e4
+    assert _max_cell_age(SimpleNamespace(conductance=None), 1.1) is None
