@@ -156,9 +156,9 @@ def train_model(
     noise = METHODS[method]
     views: list[nn.Module] = []
     if noise is not None:
-        from cimcal.analog import AnalogConfig
+        from cimcal.analog.config import resolve_config
 
-        config = dataclasses.replace(analog_config or AnalogConfig(), noise=noise)
+        config = dataclasses.replace(resolve_config(analog_config), noise=noise)
         # one explicit noise generator per rank, shared by every analog layer of every chip view
         noise_generator = torch.Generator().manual_seed(noise_seed(seed, rank, stream=2))
         views = [analog_view(model, profile, config, noise_generator) for profile in profiles]

@@ -75,3 +75,9 @@ def test_tied_weights_stay_tied_in_an_analog_view(fleet_profiles):
     optimizer.step()
     assert not torch.equal(model.enc.weight, before)
     assert torch.equal(view(x), model(x))  # the view's second owner runs the trained value too
+
+
+def test_an_analog_config_that_is_not_one_is_a_config_error(digits_task, fleet_profiles):
+    with pytest.raises(ConfigError, match="config must be an AnalogConfig"):
+        train_model(_tiny_mlp(digits_task), digits_task, fleet_profiles[:1], method="ste",
+                    analog_config={"tile_rows": 64}, epochs=1, max_steps=1)
