@@ -122,14 +122,6 @@ def calibrated_analog_model(model: nn.Module, task: Any, profile: Any, analog_co
     return analog
 
 
-def _t_eval(profile: Any, config: Any, t_s: float | None) -> float:
-    if t_s is not None:
-        return float(t_s)
-    if getattr(config, "t_s", None) is not None:
-        return float(config.t_s)
-    return float(torch.as_tensor(profile.conductance.t_s_).min())
-
-
 _FRESH_AGE_S = 60.0  # a fresh run's own cells are read up to this old (programming an array takes seconds)
 
 
@@ -205,7 +197,7 @@ def deploy_model(
     from cimcal.deploy_chip import ChipRunner, chip_model
     from cimcal.deploy_plan import ChipGeometry, plan_deployment
     from cimcal.deploy_state import DeployState
-    from cimcal.train.evaluate import evaluate_model, instance_config
+    from cimcal.train.evaluate import effective_t_s, evaluate_model, instance_config
 
     started = time.perf_counter()
     if split not in ("test", "val"):
@@ -225,7 +217,7 @@ def deploy_model(
                                    "profile measured (in turns if they do not fit); --arrays overrides")
     idn = tester.idn
     state = DeployState(state_path, f"{key}|{idn}|{getattr(profile, 'sha256', '')}")
-    t_eval = _t_eval(profile, analog_config, t_s)
+    t_eval = effective_t_s(profile, analog_config, t_s)  # the plan above needs a conductance model: a float
     runner = ChipRunner(tester, plan, state, t_eval_s=t_eval, batch_vectors=batch_vectors, chunk_cells=chunk_cells,
                         wait=_pick_wait(idn), progress=progress, on_chunk=on_chunk, arrays=arrays,
                         max_age_s=_max_cell_age(profile, t_eval))

@@ -121,8 +121,8 @@ class ChipRunner:
             r, c, levels = slot.cell_rows[cut], slot.cell_cols[cut], slot.cell_levels[cut]
             stamp = record["chunks"].get(str(index))
             if stamp is not None and (results[r, c] != 0).all() and stamp == stamp_digest(times[r, c], results[r, c]):
-                age_s = 0.0 if clock_s is None else clock_s - float(np.nanmin(times[r, c]))
-                if clock_s is None or age_s <= self.max_age_s:
+                age_s = None if clock_s is None else clock_s - float(np.nanmin(times[r, c]))
+                if age_s is None or age_s <= self.max_age_s:
                     self.stats["cells_skipped"] += r.size
                     bar.update(r.size)
                     continue

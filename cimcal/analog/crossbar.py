@@ -109,10 +109,6 @@ def stats_sample(values: torch.Tensor) -> torch.Tensor:
     return flat[(starts[:, None] + torch.arange(line)).reshape(-1)]
 
 
-def _kth_rank(n: int, percentile: float) -> int:
-    return min(n, max(1, int(round(percentile / 100.0 * n))))
-
-
 def subsample_abs_percentile(values: torch.Tensor, percentile: float) -> float | None:
     """Percentile of the finite ``|values|`` over :func:`stats_sample` (the k-th smallest of them), or None if
     the sample holds no finite value."""
@@ -121,7 +117,7 @@ def subsample_abs_percentile(values: torch.Tensor, percentile: float) -> float |
     n = sample.numel()
     if n == 0:
         return None
-    k = _kth_rank(n, percentile)
+    k = int(kernels.kth_rank(n, float(percentile)))
     # the k-th smallest by a partial selection of the shorter side (faster than kthvalue for the high
     # percentiles used here; same value)
     if n - k + 1 <= k:

@@ -56,7 +56,7 @@ def _disk_cache_available() -> bool:
 
 _CACHE = _disk_cache_available()
 
-__all__ = ["philox_bits", "draw_key", "substream", "running_kth", "dac_quantize", "calibrated_dac", "sample_pairs", "AdcConverter", "KERNEL_DTYPES"]
+__all__ = ["philox_bits", "draw_key", "substream", "kth_rank", "running_kth", "dac_quantize", "calibrated_dac", "sample_pairs", "AdcConverter", "KERNEL_DTYPES"]
 
 KERNEL_DTYPES = (torch.float32,)
 
@@ -201,6 +201,12 @@ def _abs_kth(flat, k):  # noqa: ANN001
 
 
 @njit(cache=_CACHE)
+def kth_rank(n, percentile):  # noqa: ANN001, ANN201
+    """The 1-based rank of the ``percentile`` among ``n`` values (round half to even, within 1..n)."""
+    return min(n, max(1, int(np.rint(percentile / 100.0 * n))))
+
+
+@njit(cache=_CACHE)
 def _running_kth(flat, starts, line, percentile, state, momentum, update):  # noqa: ANN001
     old = np.float64(state[0])
     if update or old <= 0.0:
@@ -214,8 +220,7 @@ def _running_kth(flat, starts, line, percentile, state, momentum, update):  # no
                     sample[n] = v
                     n += 1
         if n > 0:
-            k = min(n, max(1, int(np.rint(percentile / 100.0 * n))))
-            new = np.float64(_abs_kth(sample[:n], k))
+            new = np.float64(_abs_kth(sample[:n], kth_rank(n, percentile)))
             if new > 1e-12:  # an all-zero batch calibrates nothing
                 state[0] = new if old <= 0.0 else old + momentum * (new - old)
     return state[0] if state[0] > 0.0 else np.float32(1e-12)

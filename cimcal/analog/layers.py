@@ -45,7 +45,7 @@ from cimcal.analog.gaussian import gaussian_tiled_mvm, gaussian_unit_weight
 from cimcal.analog.mapping import ConductanceTables, build_conductance_tables
 from cimcal.errors import ConfigError
 
-__all__ = ["AnalogLinear", "AnalogConv2d", "AnalogLayer", "profile_tables", "drift_time_limits_s"]
+__all__ = ["AnalogLinear", "AnalogConv2d", "AnalogLayer", "profile_tables", "drift_time_limits_s", "check_drift_time"]
 
 _CONV_CHUNK_ELEMS = 1 << 18  # conv outputs per chunk of images (1 MiB of float32)
 _TABLE_CACHE: dict[tuple[int, str, float | None], tuple[Any, Any]] = {}
@@ -73,17 +73,21 @@ def drift_time_limits_s(conductance: Any) -> tuple[float, float]:
     return float(t_known.min()), float(t_known.max())
 
 
+def check_drift_time(conductance: Any, t_s: float, *, what: str = "AnalogConfig.t_s", hint: str = "") -> None:
+    """ConfigError (``what=t_s ... outside ...`` plus ``hint``) unless the conductance model answers for ``t_s``."""
+    t_first, t_last = drift_time_limits_s(conductance)
+    if not t_first <= t_s <= t_last:
+        raise ConfigError(
+            f"{what}={t_s:.4g} s is outside the profile's measured drift times [{t_first:.4g}, {t_last:.4g}] s{hint}"
+        )
+
+
 def profile_tables(profile: Any, t_s: float | None) -> tuple[ConductanceTables | None, AdcTables | None]:
     """Compact tables of ``profile`` at ``t_s`` (cached per profile object; built with a fixed seed)."""
     conductance = getattr(profile, "conductance", None)
     adc = getattr(profile, "adc", None)
     if t_s is not None and conductance is not None:
-        t_first, t_last = drift_time_limits_s(conductance)
-        if not t_first <= t_s <= t_last:
-            raise ConfigError(
-                f"AnalogConfig.t_s={t_s:.4g} s is outside the profile's measured drift times "
-                f"[{t_first:.4g}, {t_last:.4g}] s"
-            )
+        check_drift_time(conductance, t_s)
     cond_tables = None
     if conductance is not None:
         cond_tables = _cached(

@@ -77,8 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:  # a file the command had to write or read, named by the error
         if debug or not err.filename:
             raise
-        where = f"{err.filename}: " if err.filename else ""
-        click.echo(f"error: {where}{err.strerror or err}", err=True)
+        click.echo(f"error: {err.filename}: {err.strerror or err}", err=True)
         return 2
     except click.exceptions.Abort:
         click.echo("aborted", err=True)

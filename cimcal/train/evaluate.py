@@ -27,7 +27,8 @@ from cimcal.errors import ConfigError
 from cimcal.train.loop import noise_seed, run_split
 from cimcal.train.tasks import Task
 
-__all__ = ["EvalResult", "evaluate_model", "evaluate_checkpoint", "instance_config", "calibrate_ranges"]
+__all__ = ["EvalResult", "evaluate_model", "evaluate_checkpoint", "instance_config", "calibrate_ranges",
+           "effective_t_s"]
 
 
 @dataclass
@@ -118,13 +119,16 @@ def evaluate_model(
     tensor = torch.tensor(values, dtype=torch.float64)
     worst = float(tensor.min() if task.metric == "accuracy" else tensor.max())
     std = float(tensor.std()) if mc > 1 else 0.0
-    t_used = _effective_t_s(config, profile)
-    return EvalResult(task.metric, float(tensor.mean()), std, worst, noise_free, mc, values, t_used, split)
+    return EvalResult(task.metric, float(tensor.mean()), std, worst, noise_free, mc, values,
+                      effective_t_s(profile, config), split)
 
 
-def _effective_t_s(config: Any, profile: Any) -> float | None:
-    """The read time the instances were sampled at: the config's, else the profile's earliest time point."""
-    if config.t_s is not None:
+def effective_t_s(profile: Any, config: Any, t_s: float | None = None) -> float | None:
+    """The read time a model is evaluated or deployed at: ``t_s``, else the config's, else the profile's earliest
+    time point (None without a conductance model)."""
+    if t_s is not None:
+        return float(t_s)
+    if getattr(config, "t_s", None) is not None:
         return float(config.t_s)
     conductance = getattr(profile, "conductance", None)
     return None if conductance is None else float(torch.as_tensor(conductance.t_s_).min())
@@ -160,14 +164,10 @@ def evaluate_checkpoint(
         config = dataclasses.replace(config, **overrides)
     conductance = getattr(profile, "conductance", None)
     if t_s is None and config.t_s is not None and conductance is not None:
-        from cimcal.analog.layers import drift_time_limits_s
+        from cimcal.analog.layers import check_drift_time
 
-        first, last = drift_time_limits_s(conductance)
-        if not first <= config.t_s <= last:
-            raise ConfigError(
-                f"{path}: the checkpoint's AnalogConfig.t_s={config.t_s:.4g} s is outside the profile's measured "
-                f"drift times [{first:.4g}, {last:.4g}] s; pass --t-s (t_s=) inside that range"
-            )
+        check_drift_time(conductance, config.t_s, what=f"{path}: the checkpoint's AnalogConfig.t_s",
+                         hint="; pass --t-s (t_s=) inside that range")
     result = evaluate_model(model, task, profile, config, mc=mc, t_s=t_s, seed=seed, split=split)
     if math.isnan(result.mean):
         raise ConfigError(f"{path}: evaluation produced NaN")
