@@ -34,8 +34,8 @@ _adc_option = click.option(
 @_conductance_option
 @_adc_option
 @column_map_option
-@click.option("--n-knots", type=click.IntRange(min=256), default=256, show_default=True,
-              help="Quantiles per inverse-CDF table.")
+@click.option("--n-knots", type=click.IntRange(min=256), default=4096, show_default=True,
+              help="Quantiles per conductance inverse-CDF table (more resolve rarer stuck-cell tails).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Profile to write (.cimprof).")
 def fit(conductance, adc, column_map, n_knots, output) -> None:
     """Fit a chip profile from conductance and/or ADC measurement tables."""

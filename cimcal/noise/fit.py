@@ -19,7 +19,7 @@ import pandas as pd
 
 from cimcal.errors import ConfigError
 from cimcal.noise.adc import ADCLUT
-from cimcal.noise.conductance import ConductanceLUT
+from cimcal.noise.conductance import DEFAULT_KNOTS, ConductanceLUT
 from cimcal.noise.profile import FORMAT_VERSION, ChipProfile
 from cimcal.noise.summaries import (
     ADCSummary,
@@ -143,7 +143,7 @@ def fit_profile(
     adc: Any = None,
     *,
     column_map: Mapping[str, str] | None = None,
-    n_knots: int = 256,
+    n_knots: int = DEFAULT_KNOTS,
     progress: bool = False,
     dask_client: Any = None,
     batch_rows: int = DEFAULT_BATCH_ROWS,
@@ -159,7 +159,9 @@ def fit_profile(
     column_map
         ``{old: new}`` column renames (the CLI's ``--map``).
     n_knots
-        Knots per inverse-CDF table (>= 256 for conductance).
+        Knots per conductance inverse-CDF table (>= 256; default 4096, see
+        :data:`cimcal.noise.conductance.DEFAULT_KNOTS`). The ADC model's code knots are ``adc_params["n_knots"]``
+        (default 256).
     progress
         Show a tqdm progress bar on stderr.
     dask_client
@@ -167,7 +169,7 @@ def fit_profile(
     batch_rows
         Rows per streamed batch (memory bound of the single-process path).
     adc_params
-        Extra :class:`ADCLUT` parameters (``n_input_bins``, ``max_grid_bins``, ``n_codes``, ``ideal_range``).
+        Extra :class:`ADCLUT` parameters (``n_knots``, ``n_input_bins``, ``max_grid_bins``, ``n_codes``, ``ideal_range``).
     """
     from tqdm import tqdm
 
@@ -232,7 +234,7 @@ def fit_profile(
                 bar.update(adc_summary.n_rows)
             else:
                 adc_summary = _pass(_batches(adc, "adc", column_map, batch_rows), summarize_adc, ADCSummary(), bar)
-            adc_model = ADCLUT.from_summary(adc_summary, n_knots=int(n_knots), **adc_params)
+            adc_model = ADCLUT.from_summary(adc_summary, **adc_params)
             provenance["adc"] = {
                 "sources": described["adc"],
                 "rows": int(adc_summary.n_rows),

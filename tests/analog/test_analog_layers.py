@@ -235,3 +235,79 @@ def test_torch_compile_graph_breaks_around_analog_layers(fitted_profile, compile
     y.sum().backward()
     assert y.shape == eager.shape and bool(torch.isfinite(y).all())
     assert model[0].weight.grad is not None
+
+
+class _StuckOnTail:
+    """Two levels (1 and 40 µS, sd 0.5) with 0.3 % of cells stuck on at 46 µS: a tail that does not fill one of
+    256 equally likely knots (0.39 %), yet most of the lowest level's mean squared error."""
+
+    levels_ = torch.arange(2)
+    g_target_us_ = torch.tensor([1.0, 40.0])
+
+    def sample_programmed(self, level, t_s=None, generator=None):
+        g = self.g_target_us_[level.long()] + 0.5 * torch.randn(level.shape, generator=generator)
+        stuck = torch.rand(level.shape, generator=generator) < 0.003
+        return torch.where(stuck, torch.full_like(g, 46.0), g)
+
+    def sample_read_noise(self, level, generator=None):
+        return 0.2 * torch.randn(level.shape, generator=generator)
+
+    def sample(self, level, t_s=None, generator=None):
+        return self.sample_programmed(level, t_s, generator) + self.sample_read_noise(level, generator)
+
+    def mean_us(self, level, t_s=None):
+        return self.g_target_us_[level.long()] + 0.003 * (46.0 - self.g_target_us_[level.long()])
+
+    def sigma_us(self, level, t_s=None):
+        return torch.full(level.shape, 0.5)
+
+
+def test_layer_tables_keep_the_mean_and_energy_of_a_rare_stuck_tail():
+    from cimcal.analog.mapping import build_conductance_tables
+
+    lut = _StuckOnTail()
+    tables = build_conductance_tables(lut, None, torch.Generator().manual_seed(0))
+    span = 39.0
+    reference = lut.sample_programmed(torch.zeros(2_000_000), generator=torch.Generator().manual_seed(1)).double()
+    ref_mse = float((reference - 1.0).square().mean())  # ~0.003 * 45^2 + 0.25 = 6.3 µS²
+    for name in ("programmed_unit", "read_unit"):
+        knots = getattr(tables, name).view(2, 256)[0].double() * span + 1.0  # the lowest level, in µS
+        extra = 0.0 if name == "programmed_unit" else 0.04  # the read noise's variance
+        assert float(knots.mean()) == pytest.approx(float(reference.mean()), abs=0.02), name
+        assert float((knots - 1.0).square().mean()) == pytest.approx(ref_mse + extra, rel=0.1), name
+        assert bool((knots.diff() >= -1e-6).all()), name  # still an inverse CDF: ranks keep their order
+    # the check has power: quantiles at (k + 0.5) / 256, as the tables were built before, round the tail to a
+    # whole knot (here 0.39 % at 46 µS: 28 % too much energy; below 0.2 % stuck, none at all)
+    midpoint = torch.quantile(reference[:1_000_000].float(), (torch.arange(256) + 0.5) / 256).double()
+    assert abs(float((midpoint - 1.0).square().mean()) / ref_mse - 1.0) > 0.2
+
+
+def test_layer_tables_carry_the_stuck_cell_energy_of_a_simulated_chip():
+    """Fit a profile from reads of a simulated rram chip (0.4 % stuck-on, 0.6 % stuck-off cells) and build the
+    layers' tables from it: each level's mean squared programming error, in unit-weight space, is that of the
+    cell means the profile was fit on (the stuck cells dominate it). With 256 linearly interpolated profile
+    knots the lowest level kept half of it; a quantile table rounds such a tail to whole knots."""
+    import pandas as pd
+
+    from cimcal import fit_profile
+    from cimcal.analog.mapping import build_conductance_tables
+    from cimcal.drivers.sim.chip import SimChip
+
+    chip = SimChip.from_preset("rram", seed=0)
+    levels = np.random.default_rng(0).integers(0, chip.n_levels, (chip.rows, chip.cols))
+    chip.program_array(0, levels)
+    reads = [chip.read_map(0) for _ in range(2)]
+    rows, cols = np.indices(levels.shape)
+    table = pd.concat([pd.DataFrame({"row": rows.ravel(), "col": cols.ravel(), "level": levels.ravel(),
+                                     "g_us": g.ravel(), "read_idx": i}) for i, g in enumerate(reads)])
+    profile = fit_profile(conductance=table)
+    tables = build_conductance_tables(profile.conductance, None, torch.Generator().manual_seed(0))
+    cell_means = (reads[0] + reads[1]) / 2
+    span = tables.g_max_us - tables.g_min_us
+    targets = tables.target_unit.double() * span + tables.g_min_us
+    knots = tables.programmed_unit.view(chip.n_levels, 256).double() * span + tables.g_min_us
+    for level in range(chip.n_levels):
+        data = torch.as_tensor(cell_means[levels == level], dtype=torch.float64)
+        expected = float((data - targets[level]).square().mean())
+        got = float((knots[level] - targets[level]).square().mean())
+        assert got == pytest.approx(expected, rel=0.1), (level, got, expected)

@@ -24,7 +24,7 @@ Targets are the issue's: pooled PIT KS <= 0.04 (conductance, ~10^4 held-out cell
 (ADC, 2 * 10^4 held-out conversions); <= 10 % of groups rejecting; stuck fractions within 0.5
 percentage points. Fits use twice as many cells (or repeats) as are held out.
 
-Tests marked ``xfail(strict=True)`` are defects of the fit, diagnosed in their reasons. Run with
+Run with
 ``-s`` to print the figures; ``-m slow`` runs the per-feature sweep.
 """
 
@@ -320,13 +320,10 @@ def _stuck_and_gap(model, fit: pd.DataFrame, stuck_at_most_us: float, n: int = 2
     return np.array(rows)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "cluster masses are rounded to the knot grid: with knots at linspace(0, 1, K) and linear "
-    "interpolation (conductance._fit_summaries / inverse_cdf.interpolated_gather), the knot interval "
-    "that straddles the stuck cluster and the bulk spreads up to 1/(K-1) = 0.39 % of probability "
-    "uniformly over the empty gap (phantom cells at 0.003..70 µS), and the stuck fraction comes out "
-    "low by the same amount (mean -0.18 pp, up to -0.39 pp per level) against the very data it was fit on"))
 def test_profile_reproduces_the_stuck_fraction_of_its_own_fit_data(mixed_device):
+    """The knot interval that straddles the stuck cluster and the bulk spreads its probability, 1/(K-1), over
+    the empty gap: at K = 256 (0.39 %) the stuck fraction came out 0.18 pp low on average (up to 0.39 pp) against
+    the very data it was fit on; the default K = 4096 keeps both within the bounds below."""
     profile, fit, _ = mixed_device
     r = _stuck_and_gap(profile.conductance, fit, 0.003)
     print(f"\n  stuck % fit data {100 * r[:, 0].mean():.3f}, profile {100 * r[:, 1].mean():.3f}; "
@@ -411,8 +408,19 @@ def test_stuck_cells_at_exactly_zero():
     df = conductance_dump(30_000, np.arange(8), gamma_skew, reads=1, stuck_fraction=0.06, stuck_us=0.0, seed=104)
     fit, held = split_cells(df)
     f = conductance_figures(fit_profile(conductance=fit).conductance, held, stuck_at_most_us=0.0)
-    assert f["stuck_difference"] <= MAX_STUCK_DIFFERENCE
+    assert_stuck_fraction(f, fit, held, 0.0)
     assert f["pit_ks"] <= MAX_PIT_KS_CONDUCTANCE
+
+
+def assert_stuck_fraction(f: dict, fit: pd.DataFrame, held: pd.DataFrame, at_most_us: float) -> None:
+    """The profile's stuck fraction equals its fit data's (0.1 pp: Monte-Carlo and knot resolution) and the
+    held-out data's within the issue's 0.5 pp, or within the 1 % two-sample binomial bound where the two halves of
+    the dump themselves differ by more (seed 104: fit 6.16 %, held out 5.63 %; sd of the difference 0.29 pp)."""
+    in_fit = float((fit["g_us"] <= np.float32(at_most_us)).mean())
+    assert abs(f["stuck_model"] - in_fit) <= 0.001, (f["stuck_model"], in_fit)
+    p = f["stuck_measured"]
+    bound = 2.58 * np.sqrt(p * (1 - p) * (1 / len(held) + 1 / len(fit)))
+    assert f["stuck_difference"] <= max(MAX_STUCK_DIFFERENCE, bound)
 
 
 @pytest.mark.parametrize("quantum_us", [1.0, 0.25])
@@ -440,7 +448,7 @@ def test_cells_stuck_at_a_non_dyadic_floor():
     df = conductance_dump(30_000, np.arange(8), gamma_skew, reads=1, stuck_fraction=0.06, stuck_us=0.1, seed=104)
     fit, held = split_cells(df)
     f = conductance_figures(fit_profile(conductance=fit).conductance, held, stuck_at_most_us=0.1)
-    assert f["stuck_difference"] <= MAX_STUCK_DIFFERENCE
+    assert_stuck_fraction(f, fit, held, 0.1)
     assert f["pit_ks"] <= MAX_PIT_KS_CONDUCTANCE
 
 

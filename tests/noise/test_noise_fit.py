@@ -48,7 +48,7 @@ def test_fit_from_parquet_paths_matches_fit_from_a_dataframe(dumps, cond_table):
     assert [s["path"] for s in prov["conductance"]["sources"]] == [str(a), str(b)]
     assert all(len(s["sha256"]) == 64 for s in prov["conductance"]["sources"])
     assert prov["conductance"]["rows"] == len(cond_table)
-    assert prov["fit_params"]["n_knots"] == 256
+    assert prov["fit_params"]["n_knots"] == 4096
 
 
 def test_small_batches_give_the_same_profile_as_one_batch(cond_table):
