@@ -10,7 +10,9 @@
 3. programs the cells with program-and-verify through the tester driver, resumably
    (:mod:`cimcal.deploy_state`), and runs the task's test split with every MVM on the chip and the
    digital parts in torch (:mod:`cimcal.deploy_chip`);
-4. reports the on-chip metric beside the predicted one (mean over ``mc`` chip instances) and the gap.
+4. reports the on-chip metric beside the predicted one (mean over ``mc`` chip instances) and the gap, and
+   beside the prediction from the programmed cells themselves (read back just before each slot's MVMs,
+   :func:`predict_from_cells`): the profile's read and ADC model without the programming lottery.
 """
 
 from __future__ import annotations
@@ -50,6 +52,12 @@ class DeployResult:
     # one deployment is one draw of the chip's fixed defects, so a gap is read against this, not against 0
     on_chip_rank: float | None
     instrument_idn: str
+    # the model simulated on the conductances the deployment programmed and read back (mean +- std over
+    # CELL_DRAWS draws of read and ADC noise): the profile's read and ADC model, without the instance lottery of
+    # programming; None when a slot never ran. on_chip - predicted_cells is what the profile's converters and
+    # read noise leave unexplained, predicted_cells - predicted what this programming drew
+    predicted_cells: float | None = None
+    predicted_cells_std: float | None = None
     layers: list[dict[str, Any]] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
     deviations: list[str] = field(default_factory=list)
@@ -63,7 +71,8 @@ class DeployResult:
         return dataclasses.asdict(self)
 
     def summary(self) -> str:
-        """Two human lines: measured vs predicted, and what was programmed."""
+        """Human lines: measured vs predicted (over chip instances, and from the programmed cells), and what was
+        programmed."""
         scale, unit = (100.0, " %") if self.metric == "accuracy" else (1.0, "")
         s = self.stats
         return (
@@ -73,7 +82,11 @@ class DeployResult:
             + ("" if self.on_chip_rank is None else
                f", as good as or better than {100 * self.on_chip_rank:.0f} % of the simulated instances")
             + f"; noise-free {scale * self.noise_free:.2f}{unit}\n"
-            f"{len(self.layers)} layers in {sum(layer['slots'] for layer in self.layers)} slots "
+            + ("" if self.predicted_cells is None else
+               f"predicted from the programmed cells (read back): {scale * self.predicted_cells:.2f} "
+               f"+- {scale * (self.predicted_cells_std or 0.0):.2f}{unit}, gap "
+               f"{scale * (self.on_chip - self.predicted_cells):+.2f}{unit}\n")
+            + f"{len(self.layers)} layers in {sum(layer['slots'] for layer in self.layers)} slots "
             f"on {self.instrument_idn}: "
             f"{s.get('cells_programmed', 0)} cells programmed, {s.get('cells_skipped', 0)} already verified "
             f"(skipped), {s.get('cells_failed_verify', 0)} failed verify; {s.get('mvm_vectors', 0)} input vectors "
@@ -123,6 +136,43 @@ def calibrated_analog_model(model: nn.Module, task: Any, profile: Any, analog_co
 
 
 _FRESH_AGE_S = 60.0  # a fresh run's own cells are read up to this old (programming an array takes seconds)
+
+
+CELL_DRAWS = 5  # draws of read and ADC noise behind DeployResult.predicted_cells
+
+
+def predict_from_cells(analog: nn.Module, plan: Any, readback: dict[str, Any], task: Any, split: str = "test", *,
+                       seed: int = 0, draws: int = CELL_DRAWS, batch_size: int = 256) -> tuple[float, float] | None:
+    """The metric of ``analog`` (the calibrated model a deployment ran) simulated on the conductances the chip's
+    slots were programmed to and read back (``readback``: slot key -> µS in the slot's cell order), read and ADC
+    noise drawn from the profile: (mean, std) over ``draws`` draws, or None if a slot was never read back."""
+    from cimcal.analog import analog_layers
+    from cimcal.train.loop import noise_seed, run_split
+
+    model = copy.deepcopy(analog)
+    modules = dict(model.named_modules())
+    for name, layer_plan in plan.layers.items():
+        layer = modules[name]
+        g_min, g_max = layer.g_range_us
+        unit = torch.zeros(layer_plan.n_out, layer_plan.n_in)
+        for slot in layer_plan.slots:
+            g = readback.get(slot.key)
+            if g is None:
+                return None
+            half = slot.n_cells // 2
+            length = slot.in_stop - slot.in_start
+            outs = torch.as_tensor(slot.outputs).repeat(length)
+            rows = torch.arange(slot.in_start, slot.in_stop).repeat_interleave(len(slot.outputs))
+            unit[outs, rows] = torch.as_tensor((g[:half] - g[half:]) / (g_max - g_min), dtype=torch.float32)
+        layer.use_programmed(unit)
+    values = []
+    for draw in range(draws):
+        generator = torch.Generator().manual_seed(noise_seed(seed, 0, stream=40 + draw))
+        for layer in analog_layers(model):
+            layer.generator = generator
+        values.append(run_split(model, task, getattr(task, split), batch_size)[1])
+    tensor = torch.tensor(values, dtype=torch.float64)
+    return float(tensor.mean()), float(tensor.std()) if draws > 1 else 0.0
 
 
 def _max_cell_age(profile: Any, t_eval_s: float) -> float | None:
@@ -221,6 +271,7 @@ def deploy_model(
     runner = ChipRunner(tester, plan, state, t_eval_s=t_eval, batch_vectors=batch_vectors, chunk_cells=chunk_cells,
                         wait=_pick_wait(idn), progress=progress, on_chunk=on_chunk, arrays=arrays,
                         max_age_s=_max_cell_age(profile, t_eval))
+    analog_model_for_cells = copy.deepcopy(analog)  # chip_model swaps the analog layers out of ``analog``
     try:
         runner.program_all()
         on_chip_model = chip_model(analog, runner)
@@ -232,6 +283,7 @@ def deploy_model(
     finally:
         runner.close()
     on_chip = task.score(loss, correct, targets.numel())
+    from_cells = predict_from_cells(analog_model_for_cells, plan, runner.readback, task, split, seed=seed)
     deviations = list(plan.deviations) + runner.deviations
     for name in runner.stats["signed_input_layers"]:
         deviations.append(f"{name}: signed inputs on a unipolar DAC: two MVM passes (x+ and x-) and two conversions "
@@ -241,6 +293,8 @@ def deploy_model(
         predicted_worst=float(predicted.worst), noise_free=float(predicted.noise_free), mc=int(predicted.mc),
         gap=float(on_chip - predicted.mean), n_items=int(targets.numel()),
         on_chip_rank=_rank(on_chip, getattr(predicted, "values", None), task.metric), instrument_idn=idn,
+        predicted_cells=None if from_cells is None else from_cells[0],
+        predicted_cells_std=None if from_cells is None else from_cells[1],
         layers=[layer.to_dict() for layer in plan.layers.values()], stats=dict(runner.stats),
         deviations=deviations, state_path=None if state_path is None else str(state_path),
         resumed=runner.stats["cells_skipped"] > 0,

@@ -2,11 +2,12 @@
 
 :class:`ChipRunner` programs slots into arrays with program-and-verify (``PROG:CELLs`` in chunks,
 resumable through :class:`~cimcal.deploy_state.DeployState`), waits until the cells are as old as the
-profile's inference time, and runs a layer's MVMs as binary-block transfers of at most
-``batch_vectors`` input vectors (``MVM:DIFFerential?``). :func:`chip_model` swaps the analog layers of a
-calibrated model for thin modules that call the runner, so the digital parts stay in torch.
+profile's inference time, reads the programmed cells back (``READ:MAP?``, for the prediction from the
+programmed cells) and runs a layer's MVMs as binary-block transfers of at most ``batch_vectors`` input vectors
+(``MVM:DIFFerential?``). :func:`chip_model` swaps the analog layers of a calibrated model for thin modules that
+call the runner, so the digital parts stay in torch.
 
-The tester is duck-typed (``config``, ``program_cells``, ``program_result``, ``program_time``,
+The tester is duck-typed (``config``, ``program_cells``, ``program_result``, ``program_time``, ``read_map``,
 ``mvm_differential``, ``clock``, ``advance``, ``idn``): the core never imports the drivers.
 """
 
@@ -24,6 +25,8 @@ from torch import nn
 from cimcal.deploy_plan import DeployPlan, LayerPlan, SlotPlan
 from cimcal.deploy_state import DeployState, stamp_digest
 from cimcal.errors import ConfigError
+
+READBACK_READS = 4  # reads averaged per read-back: their read noise is 1/4 of one read's variance
 
 __all__ = ["ChipRunner", "ChipLayer", "chip_model"]
 
@@ -63,7 +66,9 @@ class ChipRunner:
         self._chunks_run = 0
         self.stats = {"cells_programmed": 0, "cells_skipped": 0, "cells_aged": 0, "cells_failed_verify": 0,
                       "programmings": 0, "mvm_vectors": 0, "mvm_calls": 0, "program_s": 0.0, "mvm_s": 0.0,
-                      "wait_s": 0.0, "signed_input_layers": []}
+                      "wait_s": 0.0, "readback_s": 0.0, "signed_input_layers": []}
+        # each slot's cells read back (mean of READBACK_READS reads, µS, in cell order) when its MVMs ran
+        self.readback: dict[str, np.ndarray] = {}
         self._bars: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ progress
@@ -144,6 +149,7 @@ class ChipRunner:
                 f"profile's drift data (to {self.max_age_s:.3g} s): reprogrammed"
             )
         cells = (slot.cell_rows, slot.cell_cols)
+        self.readback.pop(slot.key, None)  # programmed anew: read again before its next MVMs
         self.stats["cells_failed_verify"] += int((results[cells] < 0).sum())
         self.stats["programmings"] += 1
         self.resident[array] = slot.key
@@ -156,6 +162,14 @@ class ChipRunner:
         if self.wait is not None:
             self.wait.until(self.tester, self.ready_clock[array])
         self.stats["wait_s"] += time.perf_counter() - started
+
+    def _read_back(self, array: int, slot: SlotPlan) -> None:
+        """The slot's conductances as its MVMs see them (after the wait): mean of a few block reads of its rows."""
+        started = time.perf_counter()
+        rows = (0, int(slot.cell_rows.max()) + 1)
+        g = np.mean([self.tester.read_map(array, rows=rows) for _ in range(READBACK_READS)], axis=0)
+        self.readback[slot.key] = g[slot.cell_rows, slot.cell_cols].astype(np.float32)
+        self.stats["readback_s"] += time.perf_counter() - started
 
     # ------------------------------------------------------------------ compute
     def _mvm(self, array: int, volts: np.ndarray, gain: float, offset_ua: float) -> np.ndarray:
@@ -187,6 +201,8 @@ class ChipRunner:
         for slot in layer.slots:
             array = self.ensure(slot)
             self._wait_until_ready(array)
+            if slot.key not in self.readback:
+                self._read_back(array, slot)
             outs = torch.as_tensor(slot.outputs)
             cols = torch.as_tensor(slot.adc_cols)
             started = time.perf_counter()

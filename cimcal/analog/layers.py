@@ -42,7 +42,7 @@ from cimcal.analog.crossbar import (
 )
 from cimcal.analog.functions import AnalogConv2dFunction, AnalogLinearFunction, RoundSTE
 from cimcal.analog.gaussian import gaussian_tiled_mvm, gaussian_unit_weight
-from cimcal.analog.mapping import ConductanceTables, build_conductance_tables
+from cimcal.analog.mapping import ConductanceTables, build_conductance_tables, levels_and_sign
 from cimcal.errors import ConfigError
 
 __all__ = ["AnalogLinear", "AnalogConv2d", "AnalogLayer", "profile_tables", "drift_time_limits_s", "check_drift_time"]
@@ -173,11 +173,13 @@ class AnalogLayer:
         for name in ("col_base", "col_gain", "col_offset"):
             self.register_buffer(f"adc_{name}", None if columns is None else columns[name].to(device), persistent=False)
         self.register_buffer("instance_ranks", None, persistent=False)
+        self._programmed: tuple[torch.Tensor, torch.Tensor] | None = None
         if config.resample == "fixed_instance" and cond is not None:
             self.new_instance()
 
     def new_instance(self, generator: torch.Generator | None = None) -> None:
         """Draw a new chip instance: each cell's persistent programming-error rank (uint8, both devices)."""
+        self._programmed = None
         gen = generator if generator is not None else self.generator
         shape = (2, self.weight.shape[0], self.weight[0].numel())
         words = torch.randint(-(2**31), 2**31 - 1, ((2 * self.weight.numel() + 3) // 4,), dtype=torch.int32, generator=gen)
@@ -235,12 +237,38 @@ class AnalogLayer:
         return float(self.psum_scale_)
 
     # ---------------------------------------------------------------- simulation
+    def use_programmed(self, unit_weight: torch.Tensor | None) -> None:
+        """Simulate cells a deployment programmed and read back instead of a drawn chip instance.
+
+        ``unit_weight`` (O, K): ``(G+ - G-) / (g_max - g_min)`` of each pair's read-back conductances (the layer's
+        own unit-weight space, see :mod:`cimcal.analog.mapping`). Every forward still adds fresh read noise from
+        the profile (both devices at the levels this layer maps the weights to) and converts through the profile's
+        ADC. ``None`` or :meth:`new_instance` returns to drawn instances. Needs a conductance model.
+        """
+        if unit_weight is None:
+            self._programmed = None
+            return
+        if self.lut_level_of_fine is None:
+            raise ConfigError("use_programmed needs a profile with a conductance model")
+        w2d = self.weight.detach().reshape(self.weight.shape[0], -1)
+        unit = torch.as_tensor(unit_weight, dtype=torch.float32, device=w2d.device)
+        if unit.shape != w2d.shape:
+            raise ConfigError(f"programmed unit weights have shape {tuple(unit.shape)}, the layer's weight {tuple(w2d.shape)}")
+        level, _ = levels_and_sign(w2d.float() / row_abs_max(w2d.float())[:, None], self.lut_level_of_fine)
+        self._programmed = (unit, level.long())
+
     def _noisy_weights(self, w2d: torch.Tensor, stream: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """(noisy unit weights (O, K) of every tile, ``w_max`` per output): one sampling pass over the matrix."""
         cond = self._tables("lut_", ("level_of_fine", "read_unit", "programmed_unit", "read_noise_unit"))
         if cond is None:  # no conductance model: ideal cells
             w_max = row_abs_max(w2d)
             return w2d * (1.0 / w_max)[:, None], w_max
+        if self._programmed is not None:  # read-back cells: only the read noise is drawn (active minus idle device)
+            unit, level = self._programmed
+            noise = cond["read_noise_unit"]
+            draws = torch.randint(0, 256, (2, *unit.shape), generator=self.generator, device=unit.device)
+            read = noise[level * 256 + draws[0]] - noise[draws[1]]
+            return (unit + read).to(w2d.dtype), row_abs_max(w2d)
         ranks = self.instance_ranks if self.config.resample == "fixed_instance" else None
         return sample_unit_weight(w2d, cond, ranks, kernels.substream(stream, 0), self.config.compile)
 

@@ -311,3 +311,23 @@ def test_layer_tables_carry_the_stuck_cell_energy_of_a_simulated_chip():
         expected = float((data - targets[level]).square().mean())
         got = float((knots[level] - targets[level]).square().mean())
         assert got == pytest.approx(expected, rel=0.1), (level, got, expected)
+
+
+def test_use_programmed_simulates_given_cells_plus_fresh_read_noise(fitted_profile):
+    config = AnalogConfig(compile=False, grad_x_weight="noisy", resample="fixed_instance")
+    layer = AnalogLinear(64, 32, bias=False, profile=fitted_profile, config=config, generator=torch.Generator().manual_seed(5))
+    w_max = layer.weight.detach().abs().amax(dim=1, keepdim=True)
+    cells = torch.rand(32, 64, generator=torch.Generator().manual_seed(6)) * 2 - 1  # any read-back unit weights
+    layer.use_programmed(cells)
+    x = torch.rand(4, 64)
+    first, second = _noisy_weight(layer, x) / w_max, _noisy_weight(layer, x) / w_max
+    noise = layer.lut_read_noise_unit.view(-1, 256)
+    sigma = float(torch.sqrt(noise[0].var() + noise.var(dim=1).mean()))  # idle device + an average active one
+    for drawn in (first, second):  # the given cells, plus read noise of about the profile's size
+        assert float((drawn - cells).mean().abs()) < 0.2 * sigma
+        assert 0.5 * sigma < float((drawn - cells).std()) < 2.0 * sigma
+    assert not torch.equal(first, second)  # read noise is fresh at every forward
+    with pytest.raises(ConfigError, match="shape"):
+        layer.use_programmed(torch.zeros(3, 3))
+    layer.new_instance(torch.Generator().manual_seed(7))  # back to drawn instances
+    assert float((_noisy_weight(layer, x) / w_max - cells).abs().mean()) > 0.2
