@@ -28,7 +28,8 @@ def results_figure(rows: list[Any]) -> Any:
     if cells:
         left.plot([i + 0.2 for i, _ in cells], [v for _, v in cells], "D", color="#444444", markersize=4,
                   label="predicted from the programmed cells")
-    low = min(min(100 * r.on_chip, 100 * (r.predicted - r.predicted_std)) for r in rows)
+    low = min(min(100 * r.on_chip, 100 * (r.predicted - r.predicted_std),
+                  100 * (r.on_chip if r.predicted_cells is None else r.predicted_cells)) for r in rows)
     left.set_ylim(max(0.0, low - 5.0), 100.0)
     left.set_xticks(list(x), labels)
     left.set_ylabel("test accuracy (%)")

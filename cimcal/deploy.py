@@ -145,7 +145,10 @@ def predict_from_cells(analog: nn.Module, plan: Any, readback: dict[str, Any], t
                        seed: int = 0, draws: int = CELL_DRAWS, batch_size: int = 256) -> tuple[float, float] | None:
     """The metric of ``analog`` (the calibrated model a deployment ran) simulated on the conductances the chip's
     slots were programmed to and read back (``readback``: slot key -> µS in the slot's cell order), read and ADC
-    noise drawn from the profile: (mean, std) over ``draws`` draws, or None if a slot was never read back."""
+    noise drawn from the profile: (mean, std) over ``draws`` draws, or None if a slot was never read back. The
+    read-back is a mean of :data:`cimcal.deploy_chip.READBACK_READS` reads, so it keeps a quarter of one read's
+    noise variance beside the fresh read noise drawn: read noise counts 1.25 times (it is small next to the
+    programming error the read-back removes)."""
     from cimcal.analog import analog_layers
     from cimcal.train.loop import noise_seed, run_split
 
@@ -167,7 +170,7 @@ def predict_from_cells(analog: nn.Module, plan: Any, readback: dict[str, Any], t
         layer.use_programmed(unit)
     values = []
     for draw in range(draws):
-        generator = torch.Generator().manual_seed(noise_seed(seed, 0, stream=40 + draw))
+        generator = torch.Generator().manual_seed(noise_seed(seed, 0, stream=1_000_000 + draw))  # apart from MC's
         for layer in analog_layers(model):
             layer.generator = generator
         values.append(run_split(model, task, getattr(task, split), batch_size)[1])

@@ -14,12 +14,12 @@ import torch
 
 from cimcal.analog import kernels
 from cimcal.analog.converters import adc_convert_tile, dac_quantize
-from cimcal.analog.mapping import instance_unit_weight, noisy_unit_weight
+from cimcal.analog.mapping import instance_unit_weight, noisy_unit_weight, read_back_unit_weight
 
 __all__ = [
     "tile_slices", "conv_channel_tiles", "quantize_inputs", "calibrated_inputs", "sample_unit_weight", "tiled_adc_mvm",
     "subsample_abs_percentile", "running_percentile", "stats_sample", "sample_plan", "use_kernels",
-    "row_abs_max",
+    "row_abs_max", "read_back_weight",
 ]
 
 _STATS_SAMPLES = 16384
@@ -172,6 +172,16 @@ def sample_unit_weight(
         tables["read_noise_unit"],
     )
     return noisy, w_max
+
+
+def read_back_weight(
+    unit: torch.Tensor, level: torch.Tensor, sign: torch.Tensor, read_noise_unit: torch.Tensor, stream: tuple[int, int]
+) -> torch.Tensor:
+    """Read-back cells (``unit`` (O, K), see :meth:`AnalogLayer.use_programmed`) plus one forward's read noise,
+    random bits from the Philox ``stream`` on the cells' device."""
+    key, nonce = stream
+    u_active, u_idle = _bytes(unit.shape, key, nonce, unit.device)
+    return read_back_unit_weight(unit, level, sign, u_active, u_idle, read_noise_unit)
 
 
 def conv_channel_tiles(in_channels: int, kernel_cells: int, tile_rows: int) -> list[slice]:

@@ -33,6 +33,7 @@ from cimcal.analog.crossbar import (
     calibrated_inputs,
     conv_channel_tiles,
     quantize_inputs,
+    read_back_weight,
     row_abs_max,
     running_percentile,
     sample_unit_weight,
@@ -243,19 +244,21 @@ class AnalogLayer:
         ``unit_weight`` (O, K): ``(G+ - G-) / (g_max - g_min)`` of each pair's read-back conductances (the layer's
         own unit-weight space, see :mod:`cimcal.analog.mapping`). Every forward still adds fresh read noise from
         the profile (both devices at the levels this layer maps the weights to) and converts through the profile's
-        ADC. ``None`` or :meth:`new_instance` returns to drawn instances. Needs a conductance model.
+        ADC. ``None`` or :meth:`new_instance` returns to drawn instances. Needs a conductance model and
+        ``noise="lut"``.
         """
         if unit_weight is None:
             self._programmed = None
             return
-        if self.lut_level_of_fine is None:
-            raise ConfigError("use_programmed needs a profile with a conductance model")
-        w2d = self.weight.detach().reshape(self.weight.shape[0], -1)
-        unit = torch.as_tensor(unit_weight, dtype=torch.float32, device=w2d.device)
+        if self.lut_level_of_fine is None or self.config.noise != "lut":
+            raise ConfigError("use_programmed needs a profile with a conductance model and AnalogConfig(noise='lut'), "
+                              f"got noise={self.config.noise!r}")
+        w2d = self.weight.detach().reshape(self.weight.shape[0], -1).float()
+        unit = torch.as_tensor(unit_weight, dtype=torch.float32)
         if unit.shape != w2d.shape:
             raise ConfigError(f"programmed unit weights have shape {tuple(unit.shape)}, the layer's weight {tuple(w2d.shape)}")
-        level, _ = levels_and_sign(w2d.float() / row_abs_max(w2d.float())[:, None], self.lut_level_of_fine)
-        self._programmed = (unit, level.long())
+        level, sign = levels_and_sign(w2d / row_abs_max(w2d)[:, None], self.lut_level_of_fine)
+        self._programmed = (unit, level.long(), sign)
 
     def _noisy_weights(self, w2d: torch.Tensor, stream: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """(noisy unit weights (O, K) of every tile, ``w_max`` per output): one sampling pass over the matrix."""
@@ -263,12 +266,10 @@ class AnalogLayer:
         if cond is None:  # no conductance model: ideal cells
             w_max = row_abs_max(w2d)
             return w2d * (1.0 / w_max)[:, None], w_max
-        if self._programmed is not None:  # read-back cells: only the read noise is drawn (active minus idle device)
-            unit, level = self._programmed
-            noise = cond["read_noise_unit"]
-            draws = torch.randint(0, 256, (2, *unit.shape), generator=self.generator, device=unit.device)
-            read = noise[level * 256 + draws[0]] - noise[draws[1]]
-            return (unit + read).to(w2d.dtype), row_abs_max(w2d)
+        if self._programmed is not None:  # read-back cells: only the read noise is drawn
+            unit, level, sign = (t.to(w2d.device) for t in self._programmed)
+            noisy = read_back_weight(unit, level, sign, cond["read_noise_unit"], kernels.substream(stream, 0))
+            return noisy.to(w2d.dtype), row_abs_max(w2d)
         ranks = self.instance_ranks if self.config.resample == "fixed_instance" else None
         return sample_unit_weight(w2d, cond, ranks, kernels.substream(stream, 0), self.config.compile)
 

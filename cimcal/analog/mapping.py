@@ -26,6 +26,7 @@ __all__ = [
     "build_conductance_tables",
     "noisy_unit_weight",
     "instance_unit_weight",
+    "read_back_unit_weight",
     "level_unit_weight",
     "levels_and_sign",
     "N_KNOTS",
@@ -115,7 +116,7 @@ def slice_knots(samples: torch.Tensor, n_knots: int = N_KNOTS) -> torch.Tensor:
     its knot is its mean; a slice that straddles a gap (the bulk and a few stuck cells at 40 µS) would lose
     most of its spread to a mean or a quantile, and stuck cells dominate the error energy of a matrix-vector
     product. So each knot sits at the slice's root-mean-square distance from the row mean, on the side of the
-    slice's mean; a final shift puts the knots' mean on the row mean.
+    slice's mean; a final shift puts the knots' mean on the row mean. The knots come back sorted.
     """
     rows, n = samples.shape
     if n % n_knots:
@@ -125,7 +126,9 @@ def slice_knots(samples: torch.Tensor, n_knots: int = N_KNOTS) -> torch.Tensor:
     dev = (ordered - center).view(rows, n_knots, n // n_knots)
     side = torch.where(dev.mean(dim=2) < 0, -1.0, 1.0).to(dev.dtype)
     knots = center + side * dev.square().mean(dim=2).sqrt()
-    return knots - (knots.mean(dim=1, keepdim=True) - center)
+    # sorted: a slice that straddles the mean with its mean on one side and its spread on the other (a level with
+    # two modes) can land past its neighbour; the set of values, and so mean and variance, stay the same
+    return (knots - (knots.mean(dim=1, keepdim=True) - center)).sort(dim=1).values
 
 
 def levels_and_sign(w_unit: torch.Tensor, level_of_fine: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -176,6 +179,20 @@ def instance_unit_weight(
     g_active = programmed_unit[row + rank_active.to(torch.int32)] + read_noise_unit[row + u_active.to(torch.int32)]
     g_idle = programmed_unit[rank_idle.to(torch.int32)] + read_noise_unit[u_idle.to(torch.int32)]
     return sign * (g_active - g_idle) + (w_unit - w_unit)
+
+
+def read_back_unit_weight(
+    unit: torch.Tensor,
+    level: torch.Tensor,
+    sign: torch.Tensor,
+    u_active: torch.Tensor,
+    u_idle: torch.Tensor,
+    read_noise_unit: torch.Tensor,
+) -> torch.Tensor:
+    """Cells read back from a chip (``unit``: their ``(G+ - G-)`` in unit-weight space) at one forward: fresh read
+    noise of both devices added as :func:`instance_unit_weight` adds it (``sign * (n_active - n_idle)``)."""
+    row = level * N_KNOTS
+    return unit + sign * (read_noise_unit[row + u_active.to(torch.int32)] - read_noise_unit[u_idle.to(torch.int32)])
 
 
 def level_unit_weight(w_unit: torch.Tensor, level_of_fine: torch.Tensor, target_unit: torch.Tensor) -> torch.Tensor:

@@ -329,5 +329,39 @@ def test_use_programmed_simulates_given_cells_plus_fresh_read_noise(fitted_profi
     assert not torch.equal(first, second)  # read noise is fresh at every forward
     with pytest.raises(ConfigError, match="shape"):
         layer.use_programmed(torch.zeros(3, 3))
+    gaussian = AnalogLinear(64, 32, bias=False, profile=fitted_profile, config=config.replace(noise="gaussian"))
+    with pytest.raises(ConfigError, match="noise='lut'"):  # its forward never draws cells: it would be ignored
+        gaussian.use_programmed(cells)
     layer.new_instance(torch.Generator().manual_seed(7))  # back to drawn instances
     assert float((_noisy_weight(layer, x) / w_max - cells).abs().mean()) > 0.2
+
+
+def test_slice_knots_of_a_two_point_level_keep_mean_variance_and_order():
+    from cimcal.analog.mapping import slice_knots
+
+    low = 192 * 1024 + 819  # the slice that straddles the mean has its mean below it and its spread above
+    x = torch.cat([torch.full((low,), -1.0), torch.full((256 * 1024 - low,), 1.0)]).view(1, -1)
+    knots = slice_knots(x)[0]
+    assert bool((knots.diff() >= 0).all())
+    assert float(knots.mean()) == pytest.approx(float(x.double().mean()), abs=1e-9)
+    assert float(knots.var(unbiased=False)) == pytest.approx(float(x.double().var(unbiased=False)), rel=1e-3)
+
+
+def test_read_back_cells_take_read_noise_as_a_drawn_instance_does():
+    """Read-back cells equal to a drawn instance's programmed pairs give that instance's weights, read noise and
+    its sign (the active device sits on G- for a negative weight) included, for the same random bytes."""
+    from cimcal.analog.mapping import instance_unit_weight, levels_and_sign, read_back_unit_weight
+
+    gen = torch.Generator().manual_seed(8)
+    n_levels = 4
+    w_unit = torch.rand(16, 32, generator=gen) * 2 - 1
+    level_of_fine = (torch.linspace(0, 1, 1024) * (n_levels - 1)).round().to(torch.int32)
+    programmed = torch.rand(n_levels * 256, generator=gen)
+    read_noise = torch.rand(n_levels * 256, generator=gen) ** 4  # skewed: a wrong sign would show
+    ranks = torch.randint(0, 256, (2, 16, 32), generator=gen)
+    u_active, u_idle = torch.randint(0, 256, (2, 16, 32), generator=gen)
+    level, sign = levels_and_sign(w_unit, level_of_fine)
+    cells = sign * (programmed[level * 256 + ranks[0]] - programmed[ranks[1]])
+    expected = instance_unit_weight(w_unit, ranks[0], ranks[1], u_active, u_idle, level_of_fine, programmed, read_noise)
+    got = read_back_unit_weight(cells, level, sign, u_active, u_idle, read_noise)
+    assert torch.allclose(got, expected, atol=1e-6)

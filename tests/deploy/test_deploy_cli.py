@@ -74,3 +74,12 @@ def test_demo_smoke_one_method_at_reduced_size(tmp_path):
     assert "STE-LUT" in format_table(result.rows)
     assert (tmp_path / "demo" / "report.html").stat().st_size > 10_000
     assert all(Path(path).exists() for path in result.files.values())
+
+
+def test_report_plot_shows_a_cells_prediction_far_below_the_others():
+    from cimcal.demo import DemoRow
+    from cimcal.demo_report import results_figure
+
+    row = DemoRow("ste", 0.95, 0.01, 0.93, -0.02, 0.1, 0.96, 1.0, 10.0, "x.ckpt", predicted_cells=0.80)
+    low, high = results_figure([row]).axes[0].get_ylim()
+    assert low < 80.0 < high
