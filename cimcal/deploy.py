@@ -152,6 +152,8 @@ def predict_from_cells(analog: nn.Module, plan: Any, readback: dict[str, Any], t
     from cimcal.analog import analog_layers
     from cimcal.train.loop import noise_seed, run_split
 
+    if draws < 1:
+        raise ConfigError(f"draws must be >= 1, got {draws}")
     model = copy.deepcopy(analog)
     modules = dict(model.named_modules())
     for name, layer_plan in plan.layers.items():

@@ -254,7 +254,7 @@ class AnalogLayer:
             raise ConfigError("use_programmed needs a profile with a conductance model and AnalogConfig(noise='lut'), "
                               f"got noise={self.config.noise!r}")
         w2d = self.weight.detach().reshape(self.weight.shape[0], -1).float()
-        unit = torch.as_tensor(unit_weight, dtype=torch.float32)
+        unit = torch.as_tensor(unit_weight, dtype=torch.float32).clone()  # the caller's tensor may change later
         if unit.shape != w2d.shape:
             raise ConfigError(f"programmed unit weights have shape {tuple(unit.shape)}, the layer's weight {tuple(w2d.shape)}")
         level, sign = levels_and_sign(w2d / row_abs_max(w2d)[:, None], self.lut_level_of_fine)
