@@ -37,3 +37,11 @@ def test_public_api_names() -> None:
 
     assert set(cimcal.__all__) == {"ChipProfile", "fit_profile", "__version__"}
 
+
+
+@pytest.mark.parametrize("module", ["data_cmds", "deploy_cmds", "measure_cmds", "profile_cmds", "train_cmds"])
+def test_loading_a_command_is_cheap(module: str) -> None:
+    """``cimcal <command> --help`` loads the command's module: its option defaults must not pull in torch,
+    pandas or scipy (seconds of start-up; the work itself imports them when it runs)."""
+    loaded = _loaded_after(f"import cimcal.cli.{module}")
+    assert not {"torch", "pandas", "scipy"} & loaded

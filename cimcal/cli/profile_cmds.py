@@ -8,7 +8,7 @@ import click
 
 from cimcal.cli.options import column_map_option
 from cimcal.errors import CimcalError, ConfigError
-from cimcal.noise.validation import DEFAULT_MAX_KS, DEFAULT_MAX_TV
+from cimcal.noise.defaults import DEFAULT_KNOTS, DEFAULT_MAX_KS, DEFAULT_MAX_TV
 
 __all__ = ["fit", "validate", "report", "ValidationFailed"]
 
@@ -34,7 +34,7 @@ _adc_option = click.option(
 @_conductance_option
 @_adc_option
 @column_map_option
-@click.option("--n-knots", type=click.IntRange(min=256), default=4096, show_default=True,
+@click.option("--n-knots", type=click.IntRange(min=256), default=DEFAULT_KNOTS, show_default=True,
               help="Quantiles per conductance inverse-CDF table (more resolve rarer stuck-cell tails).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Profile to write (.cimprof).")
 def fit(conductance, adc, column_map, n_knots, output) -> None:

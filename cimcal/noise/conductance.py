@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 
 from cimcal.errors import CimcalError, ConfigError
+from cimcal.noise.defaults import DEFAULT_KNOTS
 from cimcal.noise.inverse_cdf import interpolated_gather, random_words
 from cimcal.noise.summaries import (
     TIME_GAP_LOG1P,
@@ -38,13 +39,6 @@ from cimcal.noise.summaries import (
 )
 
 __all__ = ["ConductanceLUT", "NotFittedError", "DEFAULT_KNOTS"]
-
-# Knots per table. A jump in the data (the gap between stuck cells and the bulk) falls inside one knot interval,
-# whose probability (1 / (K - 1)) the linear interpolation spreads over the gap. Stuck cells are rare (~0.1-1 %)
-# and dominate the error energy: at K = 256 (0.39 % per interval) a simulated rram chip's lowest level, the idle
-# device of every weight pair, came out with half the mean squared error of its fit data (3.3 vs 6.6 µS²); at
-# 4096 (0.024 %), 6.8 (docs/profile-format.md).
-DEFAULT_KNOTS = 4096
 
 
 class NotFittedError(CimcalError, ValueError):

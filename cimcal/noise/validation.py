@@ -42,6 +42,7 @@ import torch
 from scipy import stats
 
 from cimcal.errors import ConfigError, DataError
+from cimcal.noise.defaults import DEFAULT_MAX_KS, DEFAULT_MAX_TV
 from cimcal.noise.summaries import TIME_GAP_LOG1P, TimeMap, time_keys
 
 __all__ = [
@@ -59,8 +60,6 @@ __all__ = [
 ALPHA = 0.01  # significance level of the per-group two-sample KS tests
 PIT_POOL_MIN = 20_000  # profile samples per conductance group for a sample-based PIT (at least 8 per read)
 ADC_DRAWS = 63  # profile samples per held-out conversion for the randomized PIT
-DEFAULT_MAX_KS = 0.1  # the thresholds ValidationResult.passed applies unless told otherwise (`cimcal validate`'s)
-DEFAULT_MAX_TV = 0.1
 _CELL_KEYS = ("chip_id", "array", "row", "col")
 
 
