@@ -138,6 +138,18 @@ def calibrated_analog_model(model: nn.Module, task: Any, profile: Any, analog_co
 _FRESH_AGE_S = 60.0  # a fresh run's own cells are read up to this old (programming an array takes seconds)
 
 
+def _max_cell_age(profile: Any, t_eval_s: float) -> float | None:
+    """Oldest age (s) at which a resume reuses cells an earlier run verified: the end of the profile's drift data,
+    but never less than a fresh run's own cells reach when read (10 t_eval or a minute), so a profile without
+    drift data does not make every resume reprogram. None without a conductance model."""
+    conductance = getattr(profile, "conductance", None)
+    if conductance is None:
+        return None
+    from cimcal.analog.layers import drift_time_limits_s
+
+    return max(drift_time_limits_s(conductance)[1], 10.0 * t_eval_s, _FRESH_AGE_S)
+
+
 CELL_DRAWS = 5  # draws of read and ADC noise behind DeployResult.predicted_cells
 
 
@@ -178,18 +190,6 @@ def predict_from_cells(analog: nn.Module, plan: Any, readback: dict[str, Any], t
         values.append(run_split(model, task, getattr(task, split), batch_size)[1])
     tensor = torch.tensor(values, dtype=torch.float64)
     return float(tensor.mean()), float(tensor.std()) if draws > 1 else 0.0
-
-
-def _max_cell_age(profile: Any, t_eval_s: float) -> float | None:
-    """Oldest age (s) at which a resume reuses cells an earlier run verified: the end of the profile's drift data,
-    but never less than a fresh run's own cells reach when read (10 t_eval or a minute), so a profile without
-    drift data does not make every resume reprogram. None without a conductance model."""
-    conductance = getattr(profile, "conductance", None)
-    if conductance is None:
-        return None
-    from cimcal.analog.layers import drift_time_limits_s
-
-    return max(drift_time_limits_s(conductance)[1], 10.0 * t_eval_s, _FRESH_AGE_S)
 
 
 class ClockWait:

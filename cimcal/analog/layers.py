@@ -174,7 +174,7 @@ class AnalogLayer:
         for name in ("col_base", "col_gain", "col_offset"):
             self.register_buffer(f"adc_{name}", None if columns is None else columns[name].to(device), persistent=False)
         self.register_buffer("instance_ranks", None, persistent=False)
-        self._programmed: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._programmed: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # use_programmed's
         if config.resample == "fixed_instance" and cond is not None:
             self.new_instance()
 
