@@ -315,19 +315,21 @@ class AnalogLayer:
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Chip forward of a conv2d: each tile holds whole kernel patches of a group of input channels, so a
         tile's partial sums are a conv over that channel group (no im2col). The DAC codes of all images come from
-        one pass (input-sized); the convs and conversions go through in chunks of images of bounded output size
-        (one chip read for all chunks). Mask order: (tile, N, O, H, W)."""
+        one pass (input-sized); a conv on several tiles goes through in chunks of images of bounded output size
+        (one chip read for all chunks), a conv on one tile in one go. Mask order: (tile, N, O, H, W)."""
         cfg = self.config
         out_ch, in_ch, kh, kw = weight.shape
         n, _, h, w = x.shape
         oh = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
         ow = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
-        per_chunk = max(1, _CONV_CHUNK_ELEMS // max(1, out_ch * oh * ow))
         xq_all, full_scale = self._input_dac(x)  # calibration and DAC of every image in one pass
         stream = kernels.draw_key(self.generator)  # one draw per call: weights, then each chunk's conversions
         wn, w_max = self._noisy_weights(weight.reshape(out_ch, -1), stream)
         wn = wn.view_as(weight)
         groups = conv_channel_tiles(in_ch, kh * kw, cfg.tile_rows)
+        # one tile: its partial sums are the output, converted in place (chunks would only add a copy); several:
+        # chunks of images bound the partial-sum buffers that exist besides the output
+        per_chunk = max(1, n) if len(groups) == 1 else max(1, _CONV_CHUNK_ELEMS // max(1, out_ch * oh * ow))
         # one chunk: its result is the output; an empty batch has no chunk
         y = x.new_empty(n, out_ch, oh, ow) if per_chunk < n or n == 0 else None
         masks, stats = [], []

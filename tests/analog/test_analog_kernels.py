@@ -163,7 +163,7 @@ def test_dac_kernel_equals_the_torch_quantizer():
 @pytest.mark.parametrize("percentile", [0.0, 50.0, 99.0, 99.9, 100.0])
 @pytest.mark.parametrize("nan_share", [0.0, 0.0005, 0.5])
 def test_running_percentile_kernel_equals_kthvalue(percentile, nan_share):
-    """Both branches (a top-m buffer for high percentiles, a partition otherwise) equal kthvalue over the sample's
+    """Both branches (a min-heap of the top m for high percentiles, a partition otherwise) equal kthvalue over the sample's
     finite values (NaN and inf left out); the first batch sets the running value, later ones move it by the
     momentum; the torch path agrees."""
     from cimcal.analog.crossbar import running_percentile, stats_sample
@@ -185,6 +185,24 @@ def test_running_percentile_kernel_equals_kthvalue(percentile, nan_share):
             assert running_percentile(state, given, percentile, 0.25, update=False) == 2.0  # set: left alone
             moved = running_percentile(state, given, percentile, 0.25, update=True)
             assert moved == pytest.approx(2.0 + 0.25 * (float(expected) - 2.0), rel=1e-6)
+
+
+@pytest.mark.parametrize("order", ["random", "ascending", "descending", "ties"])
+def test_the_top_m_selection_equals_kthvalue_for_any_input_order(order):
+    """The heap branch (up to 4096 values from the top) against kthvalue, on the orders that cost a sorted buffer
+    its worst case, with ties and NaN (which counts as larger than everything)."""
+    gen = torch.Generator().manual_seed(3)
+    for n, m in ((70_000, 66), (20_000, 4096), (5000, 1), (300, 300)):
+        values = torch.randn(n, generator=gen)
+        if order == "ties":
+            values = values.round(decimals=1)
+        elif order != "random":
+            values = values.abs().sort(descending=order == "descending").values
+        values[torch.randperm(n, generator=gen)[:3]] = float("nan")
+        k = n - m + 1
+        got = kernels._abs_kth(values.numpy(), k)
+        expected = values.abs().kthvalue(k).values
+        assert torch.equal(torch.tensor(got).nan_to_num(7.0), expected.nan_to_num(7.0)), (n, m)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])  # the kernel and the torch path
