@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import os
 import time
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from cimcal.data.sources import sha256_file as file_sha256
 from cimcal.errors import ConfigError
 
 __all__ = ["DeployResult", "deploy_model", "deploy_checkpoint", "calibrated_analog_model", "file_sha256", "ClockWait"]
@@ -92,15 +92,6 @@ class DeployResult:
             f"(skipped), {s.get('cells_failed_verify', 0)} failed verify; {s.get('mvm_vectors', 0)} input vectors "
             f"in {s.get('mvm_calls', 0)} block transfers; {self.seconds:.1f} s"
         )
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _rank(on_chip: float, values: list[float] | None, metric: str) -> float | None:

@@ -35,9 +35,11 @@ def _load_profiles(paths: tuple[str, ...]) -> list:
               help="Compiled sampling kernels (numba; --no-compile: the eager torch reference, same values, slower).")
 @click.option("--grad-x-weight", type=click.Choice(["clean", "noisy"]), default="clean", show_default=True,
               help="STE: weight used in grad_x = g W (noisy: the forward's sampled weights; better under strong noise).")
+@click.option("--init", "init_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Start from this checkpoint (fine-tune; keeps its model and data split).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Checkpoint to write.")
 def train(task, profiles, method, model, epochs, batch_size, lr, seed, max_steps, hparams, t_s, use_compile,
-          grad_x_weight, output) -> None:
+          grad_x_weight, init_path, output) -> None:
     """Train a built-in model against chip profiles and write a checkpoint."""
     from cimcal.errors import ConfigError
     from cimcal.train import distributed
@@ -56,6 +58,11 @@ def train(task, profiles, method, model, epochs, batch_size, lr, seed, max_steps
         if not sep:
             raise ConfigError(f"--hparam {item!r}: expected KEY=JSON")
     loaded = _load_profiles(profiles)
+    init = None
+    if init_path is not None:
+        from cimcal.train.checkpoint import load_checkpoint
+
+        init = load_checkpoint(init_path, task=task)
     from cimcal.analog import AnalogConfig
 
     analog_config = AnalogConfig(t_s=t_s, compile=use_compile, grad_x_weight=grad_x_weight).validate()
@@ -63,7 +70,7 @@ def train(task, profiles, method, model, epochs, batch_size, lr, seed, max_steps
     try:
         net, meta, result = train_builtin(
             task, loaded, method=method, model=model, hparams=parsed, analog_config=analog_config, epochs=epochs,
-            batch_size=batch_size, lr=lr, seed=seed, max_steps=max_steps, progress=sys.stderr.isatty(),
+            batch_size=batch_size, lr=lr, seed=seed, max_steps=max_steps, progress=sys.stderr.isatty(), init=init,
         )
         meta["profiles"] = [Path(p).name for p in profiles]
         if distributed.rank() == 0:

@@ -1,9 +1,9 @@
 """Train a built-in (task, model) pair end to end and describe it for its checkpoint.
 
 :func:`train_builtin` is what ``cimcal train`` runs: load the task with its seeded split, build
-the model with a seeded init, train with :func:`~cimcal.train.loop.train_model`, and return the
-trained digital model with the checkpoint metadata (task, model and hyperparameters,
-AnalogConfig, profile sha256s, method, seed).
+the model with a seeded init (or from a trained checkpoint, to fine-tune it), train with
+:func:`~cimcal.train.loop.train_model`, and return the trained digital model with the checkpoint
+metadata (task, model and hyperparameters, AnalogConfig, profile sha256s, method, seed).
 """
 
 from __future__ import annotations
@@ -80,17 +80,27 @@ def train_builtin(
     max_steps: int | None = None,
     task_options: dict[str, Any] | None = None,
     progress: bool = False,
+    init: Any = None,
 ) -> tuple[nn.Module, dict[str, Any], TrainResult]:
-    """Train a built-in model; return (digital model, checkpoint metadata, TrainResult)."""
+    """Train a built-in model; return (digital model, checkpoint metadata, TrainResult).
+
+    ``init``: a :class:`~cimcal.train.checkpoint.Checkpoint` of this task to start from instead of a seeded
+    init (fine-tuning, e.g. a clean model with chip noise). It fixes the model, its hyperparameters, the task
+    options and the data split (its ``split_seed``: a new split would put its training data into the test set);
+    ``seed`` still sets the data order and the noise. The metadata records it under ``init``.
+    """
     defaults = TRAIN_DEFAULTS.get(task, {"epochs": 10, "batch_size": 64, "lr": 2e-3})
     epochs = defaults["epochs"] if epochs is None else epochs
     batch_size = defaults["batch_size"] if batch_size is None else batch_size
     lr = defaults["lr"] if lr is None else lr
-    the_task = load_task(task, seed=seed, **(task_options or {}))
+    split_seed = seed
+    if init is not None:
+        model, hparams, task_options, split_seed = _from_init(init, task, model, hparams, task_options)
+    the_task = load_task(task, seed=split_seed, **(task_options or {}))
     name = model or DEFAULT_MODEL[task]
     full_hparams = {**default_hparams(task, name), **(hparams or {})}
     torch.manual_seed(seed)
-    net = build_model(task, name, the_task.info, full_hparams)
+    net = build_model(task, name, the_task.info, full_hparams) if init is None else init.build_model(the_task.info)
     if analog_config is None:
         try:
             from cimcal.analog import AnalogConfig
@@ -107,7 +117,7 @@ def train_builtin(
         "task": task,
         "task_options": json_safe(task_options or {}),
         "task_info": json_safe(the_task.info),
-        "split_seed": seed,
+        "split_seed": split_seed,
         "model": name,
         "hparams": json_safe(full_hparams),
         "method": method,
@@ -118,4 +128,34 @@ def train_builtin(
                   "world_size": torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1},
         "history": result.history,
     }
+    if init is not None:
+        from cimcal.data.sources import sha256_file
+
+        meta["init"] = {"file": None if init.path is None else init.path.name,
+                        "sha256": None if init.path is None else sha256_file(init.path),
+                        "method": init.meta.get("method"), "seed": init.meta.get("seed")}
     return result.model, meta, result
+
+
+def _from_init(init: Any, task: str, model: str | None, hparams: dict[str, Any] | None,
+               task_options: dict[str, Any] | None) -> tuple[str, dict[str, Any], dict[str, Any], int]:
+    """(model, hparams, task options, split seed) of a fine-tuning run from checkpoint ``init``; a conflicting
+    request is a ConfigError naming the checkpoint."""
+    from cimcal.errors import ConfigError
+
+    meta, where = init.meta, init.path or "init checkpoint"
+    for key in ("task", "model", "hparams", "split_seed"):
+        if key not in meta:
+            raise ConfigError(f"{where}: no {key!r} in its metadata: not a checkpoint of a built-in task")
+    if meta["task"] != task:
+        raise ConfigError(f"{where}: a checkpoint of task {meta['task']!r}, asked to train {task!r}")
+    if model is not None and model != meta["model"]:
+        raise ConfigError(f"{where}: holds model {meta['model']!r}, asked for {model!r}")
+    for key, value in (hparams or {}).items():
+        if meta["hparams"].get(key) != value:
+            raise ConfigError(f"{where}: its model has {key}={meta['hparams'].get(key)!r}, asked for {value!r} "
+                              "(a fine-tuning run keeps the model)")
+    recorded = meta.get("task_options") or {}
+    if task_options and dict(task_options) != recorded:
+        raise ConfigError(f"{where}: trained with task options {recorded!r}, asked for {task_options!r}")
+    return meta["model"], dict(meta["hparams"]), dict(recorded), int(meta["split_seed"])

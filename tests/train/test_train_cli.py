@@ -77,6 +77,37 @@ def test_cli_errors_exit_2(trained_ckpt, chip_profile_path, tmp_path, capsys):
     assert "needs at least one --profile" in capsys.readouterr().err
 
 
+def test_cli_train_fine_tunes_from_a_checkpoint(trained_ckpt, chip_profile_path, tmp_path, capsys):
+    """--init starts from the checkpoint's weights (a vanishing learning rate keeps them), keeps its model and data
+    split while --seed sets the run's own order and noise, and records the checkpoint it started from."""
+    import hashlib
+
+    import torch
+
+    common = ["train", "--task", "digits", "--profile", str(chip_profile_path), "--method", "ste", "--epochs", "1",
+              "--max-steps", "3", "--seed", "5", "--lr", "1e-12", "--no-compile"]
+    assert main([*common, "--init", str(trained_ckpt), "-o", str(tmp_path / "tuned.ckpt")]) == 0
+    assert main([*common, "--hparam", "hidden=[24]", "-o", str(tmp_path / "fresh.ckpt")]) == 0
+    base, tuned, fresh = (load_checkpoint(p) for p in (trained_ckpt, tmp_path / "tuned.ckpt", tmp_path / "fresh.ckpt"))
+    for name, tensor in base.state_dict.items():
+        assert torch.allclose(tuned.state_dict[name], tensor, atol=1e-6), name
+    first = next(name for name in base.state_dict if name.endswith("weight"))
+    assert not torch.allclose(fresh.state_dict[first], base.state_dict[first], atol=1e-3)
+    assert tuned.meta["split_seed"] == 3 and fresh.meta["split_seed"] == 5 and tuned.meta["seed"] == 5
+    assert tuned.meta["hparams"] == base.meta["hparams"] and tuned.meta["model"] == "mlp"
+    assert tuned.meta["init"] == {"file": trained_ckpt.name, "sha256": hashlib.sha256(trained_ckpt.read_bytes()).hexdigest(),
+                                  "method": "ste", "seed": 3}
+    assert "init" not in fresh.meta
+    capsys.readouterr()
+    # a run that would change the model, or another task, is refused in one line naming the checkpoint
+    assert main([*common, "--init", str(trained_ckpt), "--hparam", "hidden=[32]", "-o", str(tmp_path / "x.ckpt")]) == 2
+    err = capsys.readouterr().err
+    assert str(trained_ckpt) in err and "hidden=[24], asked for [32]" in err and "Traceback" not in err
+    assert main(["train", "--task", "charlm", "--method", "clean", "--init", str(trained_ckpt), "--max-steps", "1",
+                 "-o", str(tmp_path / "y.ckpt")]) == 2
+    assert "digits" in capsys.readouterr().err
+
+
 def test_wrong_hyperparameter_types_are_one_line_config_errors(chip_profile_path, tmp_path, capsys):
     from cimcal.errors import ConfigError
 
