@@ -149,10 +149,11 @@ def predict_from_cells(analog: nn.Module, plan: Any, readback: dict[str, Any], t
     """The metric of ``analog`` (the calibrated model a deployment ran) simulated on the conductances the chip's
     slots were programmed to and read back (``readback``: slot key -> µS in the slot's cell order), read and ADC
     noise drawn from the profile: (mean, std) over ``draws`` draws, or None if a slot was never read back. The
-    read-back is a mean of :data:`cimcal.deploy_chip.READBACK_READS` reads, so it keeps a quarter of one read's
-    noise variance beside the fresh read noise drawn: read noise counts 1.25 times (it is small next to the
-    programming error the read-back removes)."""
+    read-back is a mean of :data:`cimcal.deploy_chip.READBACK_READS` reads and keeps that share of one read's
+    noise variance; the fresh read noise drawn makes up the rest (:meth:`AnalogLayer.use_programmed`'s
+    ``noise_kept``)."""
     from cimcal.analog import analog_layers
+    from cimcal.deploy_chip import READBACK_READS
     from cimcal.train.loop import noise_seed, run_split
 
     if draws < 1:
@@ -172,7 +173,7 @@ def predict_from_cells(analog: nn.Module, plan: Any, readback: dict[str, Any], t
             outs = torch.as_tensor(slot.outputs).repeat(length)
             rows = torch.arange(slot.in_start, slot.in_stop).repeat_interleave(len(slot.outputs))
             unit[outs, rows] = torch.as_tensor((g[:half] - g[half:]) / (g_max - g_min), dtype=torch.float32)
-        layer.use_programmed(unit)
+        layer.use_programmed(unit, noise_kept=1.0 / READBACK_READS)
     values = []
     for draw in range(draws):
         generator = torch.Generator().manual_seed(noise_seed(seed, 0, stream=1_000_000 + draw))  # apart from MC's

@@ -18,6 +18,7 @@ weight ``calib_momentum``; the first batch a layer ever sees sets them directly.
 from __future__ import annotations
 
 import functools
+import math
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -174,7 +175,7 @@ class AnalogLayer:
         for name in ("col_base", "col_gain", "col_offset"):
             self.register_buffer(f"adc_{name}", None if columns is None else columns[name].to(device), persistent=False)
         self.register_buffer("instance_ranks", None, persistent=False)
-        self._programmed: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # use_programmed's
+        self._programmed: tuple[torch.Tensor, torch.Tensor, torch.Tensor, float] | None = None  # use_programmed's
         if config.resample == "fixed_instance" and cond is not None:
             self.new_instance()
 
@@ -238,18 +239,22 @@ class AnalogLayer:
         return float(self.psum_scale_)
 
     # ---------------------------------------------------------------- simulation
-    def use_programmed(self, unit_weight: torch.Tensor | None) -> None:
+    def use_programmed(self, unit_weight: torch.Tensor | None, noise_kept: float = 0.0) -> None:
         """Simulate cells a deployment programmed and read back instead of a drawn chip instance.
 
         ``unit_weight`` (O, K): ``(G+ - G-) / (g_max - g_min)`` of each pair's read-back conductances (the layer's
-        own unit-weight space, see :mod:`cimcal.analog.mapping`). Every forward still adds fresh read noise from
-        the profile (both devices at the levels this layer maps the weights to) and converts through the profile's
-        ADC. ``None`` or :meth:`new_instance` returns to drawn instances. Needs a conductance model and
-        ``noise="lut"``.
+        own unit-weight space, see :mod:`cimcal.analog.mapping`). Every forward adds fresh read noise from the
+        profile (both devices at the levels this layer maps the weights to) and converts through the profile's
+        ADC. ``noise_kept``: the share of one read's noise variance the given cells already hold (0 for
+        noise-free cells, ``1/n`` for the mean of n reads); the fresh noise is scaled by ``sqrt(1 - noise_kept)``,
+        so a forward sees one read's variance in all. ``None`` or :meth:`new_instance` returns to drawn instances.
+        Needs a conductance model and ``noise="lut"``.
         """
         if unit_weight is None:
             self._programmed = None
             return
+        if isinstance(noise_kept, bool) or not isinstance(noise_kept, (int, float)) or not 0.0 <= noise_kept <= 1.0:
+            raise ConfigError(f"noise_kept must be a number in [0, 1], got {noise_kept!r}")
         if self.lut_level_of_fine is None or self.config.noise != "lut":
             raise ConfigError("use_programmed needs a profile with a conductance model and AnalogConfig(noise='lut'), "
                               f"got noise={self.config.noise!r}")
@@ -258,7 +263,7 @@ class AnalogLayer:
         if unit.shape != w2d.shape:
             raise ConfigError(f"programmed unit weights have shape {tuple(unit.shape)}, the layer's weight {tuple(w2d.shape)}")
         level, sign = levels_and_sign(w2d / row_abs_max(w2d)[:, None], self.lut_level_of_fine)
-        self._programmed = (unit, level.long(), sign)
+        self._programmed = (unit, level.long(), sign, math.sqrt(1.0 - noise_kept))
 
     def _noisy_weights(self, w2d: torch.Tensor, stream: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """(noisy unit weights (O, K) of every tile, ``w_max`` per output): one sampling pass over the matrix."""
@@ -267,8 +272,9 @@ class AnalogLayer:
             w_max = row_abs_max(w2d)
             return w2d * (1.0 / w_max)[:, None], w_max
         if self._programmed is not None:  # read-back cells: only the read noise is drawn
-            unit, level, sign = (t.to(w2d.device) for t in self._programmed)
-            noisy = read_back_weight(unit, level, sign, cond["read_noise_unit"], kernels.substream(stream, 0))
+            unit, level, sign = (t.to(w2d.device) for t in self._programmed[:3])
+            noisy = read_back_weight(unit, level, sign, cond["read_noise_unit"], kernels.substream(stream, 0),
+                                     self._programmed[3])
             return noisy.to(w2d.dtype), row_abs_max(w2d)
         ranks = self.instance_ranks if self.config.resample == "fixed_instance" else None
         return sample_unit_weight(w2d, cond, ranks, kernels.substream(stream, 0), self.config.compile)

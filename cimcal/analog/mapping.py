@@ -188,11 +188,14 @@ def read_back_unit_weight(
     u_active: torch.Tensor,
     u_idle: torch.Tensor,
     read_noise_unit: torch.Tensor,
+    noise_scale: float = 1.0,
 ) -> torch.Tensor:
     """Cells read back from a chip (``unit``: their ``(G+ - G-)`` in unit-weight space) at one forward: fresh read
-    noise of both devices added as :func:`instance_unit_weight` adds it (``sign * (n_active - n_idle)``)."""
+    noise of both devices added as :func:`instance_unit_weight` adds it (``sign * (n_active - n_idle)``), times
+    ``noise_scale``."""
     row = level * N_KNOTS
-    return unit + sign * (read_noise_unit[row + u_active.to(torch.int32)] - read_noise_unit[u_idle.to(torch.int32)])
+    noise = read_noise_unit[row + u_active.to(torch.int32)] - read_noise_unit[u_idle.to(torch.int32)]
+    return unit + sign * (noise if noise_scale == 1.0 else noise * noise_scale)
 
 
 def level_unit_weight(w_unit: torch.Tensor, level_of_fine: torch.Tensor, target_unit: torch.Tensor) -> torch.Tensor:

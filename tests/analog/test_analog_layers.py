@@ -336,6 +336,27 @@ def test_use_programmed_simulates_given_cells_plus_fresh_read_noise(fitted_profi
     assert float((_noisy_weight(layer, x) / w_max - cells).abs().mean()) > 0.2
 
 
+def test_read_back_cells_that_average_several_reads_get_the_rest_of_one_reads_noise(fitted_profile):
+    """Cells read back as the mean of n reads keep 1/n of a read's noise variance: a forward adds the same draws
+    scaled by sqrt(1 - 1/n), so it sees one read's variance in all (noise-free cells: all of it; a single read
+    back: nothing)."""
+    config = AnalogConfig(compile=False, grad_x_weight="noisy", resample="fixed_instance")
+    layer = AnalogLinear(64, 32, bias=False, profile=fitted_profile, config=config)
+    w_max = layer.weight.detach().abs().amax(dim=1, keepdim=True)
+    cells = torch.rand(32, 64, generator=torch.Generator().manual_seed(6)) * 2 - 1
+    x = torch.rand(4, 64)
+    added = {}
+    for kept in (0.0, 0.25, 1.0):
+        layer.use_programmed(cells, noise_kept=kept)
+        layer.generator = torch.Generator().manual_seed(9)  # the same draws each time
+        added[kept] = _noisy_weight(layer, x) / w_max - cells
+    assert float(added[1.0].abs().max()) < 1e-6 and float(added[0.0].std()) > 1e-3
+    assert torch.allclose(added[0.25], added[0.0] * 0.75 ** 0.5, atol=1e-6)
+    for bad in (-0.1, 1.5, True, "0.5"):
+        with pytest.raises(ConfigError, match="noise_kept must be a number in"):
+            layer.use_programmed(cells, noise_kept=bad)
+
+
 def test_slice_knots_of_a_two_point_level_keep_mean_variance_and_order():
     from cimcal.analog.mapping import slice_knots
 
