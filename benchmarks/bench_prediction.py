@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", default="clean,ste")
     parser.add_argument("--mc", type=int, default=40)
     args = parser.parse_args(argv)
+    if args.chips < 2:
+        parser.error("--chips must be at least 2 (the spread needs two chips)")
 
     import cimcal.drivers as drivers
     from cimcal.analog import AnalogConfig

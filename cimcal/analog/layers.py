@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -253,7 +254,7 @@ class AnalogLayer:
         if unit_weight is None:
             self._programmed = None
             return
-        if isinstance(noise_kept, bool) or not isinstance(noise_kept, (int, float)) or not 0.0 <= noise_kept <= 1.0:
+        if isinstance(noise_kept, bool) or not isinstance(noise_kept, numbers.Real) or not 0.0 <= noise_kept <= 1.0:
             raise ConfigError(f"noise_kept must be a number in [0, 1], got {noise_kept!r}")
         if self.lut_level_of_fine is None or self.config.noise != "lut":
             raise ConfigError("use_programmed needs a profile with a conductance model and AnalogConfig(noise='lut'), "
@@ -263,7 +264,7 @@ class AnalogLayer:
         if unit.shape != w2d.shape:
             raise ConfigError(f"programmed unit weights have shape {tuple(unit.shape)}, the layer's weight {tuple(w2d.shape)}")
         level, sign = levels_and_sign(w2d / row_abs_max(w2d)[:, None], self.lut_level_of_fine)
-        self._programmed = (unit, level.long(), sign, math.sqrt(1.0 - noise_kept))
+        self._programmed = (unit, level.long(), sign, math.sqrt(1.0 - float(noise_kept)))
 
     def _noisy_weights(self, w2d: torch.Tensor, stream: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """(noisy unit weights (O, K) of every tile, ``w_max`` per output): one sampling pass over the matrix."""

@@ -26,7 +26,7 @@ def _load_profiles(paths: tuple[str, ...]) -> list:
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs (task default if omitted).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None)
-@click.option("--seed", type=int, default=0, show_default=True, help="Split, init, data order and noise seed.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Split, init, data order and noise seed (with --init: data order and noise).")
 @click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after this many steps.")
 @click.option("--hparam", "hparams", multiple=True, metavar="KEY=JSON",
               help="Model hyperparameter, e.g. --hparam hidden=[64] (repeatable).")

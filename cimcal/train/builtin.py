@@ -9,6 +9,7 @@ metadata (task, model and hyperparameters, AnalogConfig, profile sha256s, method
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,7 +18,7 @@ from torch import nn
 
 from cimcal.train.loop import TrainResult, train_model
 from cimcal.train.models import DEFAULT_MODEL, build_model, default_hparams
-from cimcal.train.tasks import load_task
+from cimcal.train.tasks import TASKS, load_task
 
 __all__ = ["TRAIN_DEFAULTS", "train_builtin", "config_to_json", "config_from_json"]
 
@@ -151,11 +152,15 @@ def _from_init(init: Any, task: str, model: str | None, hparams: dict[str, Any] 
         raise ConfigError(f"{where}: a checkpoint of task {meta['task']!r}, asked to train {task!r}")
     if model is not None and model != meta["model"]:
         raise ConfigError(f"{where}: holds model {meta['model']!r}, asked for {model!r}")
-    for key, value in (hparams or {}).items():
-        if meta["hparams"].get(key) != value:
+    for key, value in (hparams or {}).items():  # compared in the checkpoint's JSON form (tuples are lists there)
+        if meta["hparams"].get(key) != json_safe(value):
             raise ConfigError(f"{where}: its model has {key}={meta['hparams'].get(key)!r}, asked for {value!r} "
                               "(a fine-tuning run keeps the model)")
     recorded = meta.get("task_options") or {}
-    if task_options and dict(task_options) != recorded:
-        raise ConfigError(f"{where}: trained with task options {recorded!r}, asked for {task_options!r}")
+    builder = TASKS.get(task)
+    defaults = {} if builder is None else {name: p.default for name, p in inspect.signature(builder).parameters.items()
+                                           if p.default is not inspect.Parameter.empty}
+    for key, value in (task_options or {}).items():  # an option left at its default was recorded as absent
+        if recorded.get(key, defaults.get(key, inspect.Parameter.empty)) != json_safe(value):
+            raise ConfigError(f"{where}: trained with task options {recorded!r}, asked for {key}={value!r}")
     return meta["model"], dict(meta["hparams"]), dict(recorded), int(meta["split_seed"])

@@ -352,7 +352,8 @@ def test_read_back_cells_that_average_several_reads_get_the_rest_of_one_reads_no
         added[kept] = _noisy_weight(layer, x) / w_max - cells
     assert float(added[1.0].abs().max()) < 1e-6 and float(added[0.0].std()) > 1e-3
     assert torch.allclose(added[0.25], added[0.0] * 0.75 ** 0.5, atol=1e-6)
-    for bad in (-0.1, 1.5, True, "0.5"):
+    layer.use_programmed(cells, noise_kept=np.float32(0.25))  # any real number in [0, 1]
+    for bad in (-0.1, 1.5, True, "0.5", float("nan")):
         with pytest.raises(ConfigError, match="noise_kept must be a number in"):
             layer.use_programmed(cells, noise_kept=bad)
 

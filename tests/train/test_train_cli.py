@@ -108,6 +108,25 @@ def test_cli_train_fine_tunes_from_a_checkpoint(trained_ckpt, chip_profile_path,
     assert "digits" in capsys.readouterr().err
 
 
+def test_fine_tuning_accepts_requests_that_match_the_checkpoint(trained_ckpt):
+    """What the checkpoint already fixes may be asked for again: hyperparameters in any JSON-equal form (a tuple
+    for a list) and task options at their recorded or default values; anything else is refused."""
+    from cimcal.errors import ConfigError
+    from cimcal.train import train_builtin
+    from cimcal.train.builtin import _from_init
+    from cimcal.train.checkpoint import Checkpoint
+
+    base = load_checkpoint(trained_ckpt)
+    _, meta, _ = train_builtin("digits", method="clean", init=base, hparams={"hidden": (24,)}, model="mlp", max_steps=1)
+    assert meta["hparams"] == base.meta["hparams"] and meta["split_seed"] == 3
+    lm = Checkpoint({}, {"task": "charlm", "model": "transformer", "hparams": {}, "split_seed": 1,
+                         "task_options": {"max_chars": 1000}}, None)
+    assert _from_init(lm, "charlm", None, None, {"seq_len": 64, "max_chars": 1000})[2] == {"max_chars": 1000}
+    for options in ({"seq_len": 32}, {"max_chars": 2000}):
+        with pytest.raises(ConfigError, match="trained with task options"):
+            _from_init(lm, "charlm", None, None, options)
+
+
 def test_wrong_hyperparameter_types_are_one_line_config_errors(chip_profile_path, tmp_path, capsys):
     from cimcal.errors import ConfigError
 
