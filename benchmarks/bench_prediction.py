@@ -21,19 +21,13 @@ from pathlib import Path
 
 
 def measure_and_fit(tester, provenance, work: Path):  # noqa: ANN001, ANN201
-    """The demo's four campaigns on ``tester`` into ``work``, and the profile fitted from them."""
-    import cimcal.drivers as drivers
-    from cimcal.demo import demo_sizes
+    """The demo's campaigns on ``tester`` into ``work`` (:func:`cimcal.demo.measure_chip`) and the profile fitted
+    from them, as the demo fits it."""
+    from cimcal.demo import demo_sizes, measure_chip
     from cimcal.noise.fit import fit_profile
 
-    sizes = demo_sizes(False)
-    conductance = []
-    for campaign, array in {"levels": 0, "readnoise": 1, "drift": 2}.items():
-        plan = drivers.default_conductance_plan(campaign, array=array, **sizes[campaign])
-        drivers.run_conductance_campaign(tester, str(work / campaign), plan, provenance=provenance)
-        conductance.append(str(work / campaign))
-    drivers.run_adc_campaign(tester, str(work / "adc"), drivers.AdcPlan(**sizes["adc"]), provenance=provenance)
-    return fit_profile(conductance=conductance, adc=str(work / "adc"))
+    measured = measure_chip(tester, work, demo_sizes(False), provenance)
+    return fit_profile(conductance=[measured["levels"], measured["readnoise"], measured["drift"]], adc=measured["adc"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,12 +77,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"chip {seed}: " + " | ".join(line), flush=True)
     for m in methods:
         g, c = gaps[m], cells[m]
-        n = len(g)
-        se = statistics.stdev(g) / n**0.5 if n > 1 else float("nan")
-        print(f"{m}: on chip - predicted {statistics.mean(g):+.2f} (se {se:.2f}, chip-to-chip sd "
-              f"{statistics.stdev(g) if n > 1 else float('nan'):.2f}), beyond 1.5 points on {sum(abs(x) > 1.5 for x in g)} "
-              f"of {n} chips; on chip - from cells {statistics.mean(c):+.2f} (sd "
-              f"{statistics.stdev(c) if n > 1 else float('nan'):.2f})")
+        sd = statistics.stdev(g)
+        print(f"{m}: on chip - predicted {statistics.mean(g):+.2f} (se {sd / len(g) ** 0.5:.2f}, chip-to-chip sd "
+              f"{sd:.2f}), beyond 1.5 points on {sum(abs(x) > 1.5 for x in g)} of {len(g)} chips; on chip - from cells "
+              f"{statistics.mean(c):+.2f} (sd {statistics.stdev(c):.2f})")
     return 0
 
 

@@ -157,6 +157,26 @@ def _sim_limits(preset: str) -> Any:
     return defaults.replace(v_prog_max_v=rating) if rating > defaults.v_prog_max_v else defaults
 
 
+def measure_chip(tester: Any, data: Path, sizes: dict[str, Any], provenance: Any, *, progress: bool = False) -> dict[str, str]:
+    """The demo's measurement campaigns (``sizes``: :func:`demo_sizes`) into ``data``: levels, read noise and drift
+    each on its own array so no cell is measured at two levels, then the ADC; each resumes a directory that already
+    exists. Returns campaign -> directory ("levels", "readnoise", "drift", "adc")."""
+    import cimcal.drivers as drivers
+
+    out: dict[str, str] = {}
+    for campaign, array in {"levels": 0, "readnoise": 1, "drift": 2}.items():
+        plan = drivers.default_conductance_plan(campaign, array=array, **sizes[campaign])
+        target = data / campaign
+        drivers.run_conductance_campaign(tester, str(target), plan, resume=target.exists(), progress=progress,
+                                         provenance=provenance)
+        out[campaign] = str(target)
+    target = data / "adc"
+    drivers.run_adc_campaign(tester, str(target), drivers.AdcPlan(**sizes["adc"]), resume=target.exists(),
+                             progress=progress, provenance=provenance)
+    out["adc"] = str(target)
+    return out
+
+
 def run_demo(
     workdir: str | os.PathLike = "cimcal-demo",
     *,
@@ -209,25 +229,17 @@ def run_demo(
         echo(f"note: safe program-voltage limit raised to {limits.v_prog_max_v:g} V, the simulated {preset} chip's "
              "own rating (LIMit:VPRog?)")
     with drivers.open_tester("sim", preset=preset, seed=seed, limits=limits) as (tester, provenance):
-        # 1. measure: each campaign on its own array so no cell is measured at two levels
+        # 1. measure (each campaign on its own array)
         started = clock()
         data = work / "data"
-        plans = {"levels": 0, "readnoise": 1, "drift": 2}
-        for campaign, array in plans.items():
-            plan = drivers.default_conductance_plan(campaign, array=array, **sizes[campaign])
-            out = data / campaign
-            drivers.run_conductance_campaign(tester, str(out), plan, resume=out.exists(), progress=progress,
-                                             provenance=provenance)
-            files[f"measure {campaign}"] = str(out)
-        drivers.run_adc_campaign(tester, str(data / "adc"), drivers.AdcPlan(**sizes["adc"]),
-                                 resume=(data / "adc").exists(), progress=progress, provenance=provenance)
-        files["measure adc"] = str(data / "adc")
+        measured = measure_chip(tester, data, sizes, provenance, progress=progress)
+        files.update({f"measure {campaign}": path for campaign, path in measured.items()})
         stage("measure", started, f"levels, read noise, drift and ADC tables in {data}")
 
         # 2. fit the profile
         started = clock()
-        profile = fit_profile(conductance=[files["measure levels"], files["measure readnoise"], files["measure drift"]],
-                              adc=files["measure adc"], progress=progress)
+        profile = fit_profile(conductance=[measured["levels"], measured["readnoise"], measured["drift"]],
+                              adc=measured["adc"], progress=progress)
         profile_path = profile.save(work / "chip.cimprof")
         files["profile"] = str(profile_path)
         stage("fit", started, f"profile {profile_path}")

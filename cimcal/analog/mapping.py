@@ -195,7 +195,7 @@ def read_back_unit_weight(
     ``noise_scale``."""
     row = level * N_KNOTS
     noise = read_noise_unit[row + u_active.to(torch.int32)] - read_noise_unit[u_idle.to(torch.int32)]
-    return unit + sign * (noise if noise_scale == 1.0 else noise * noise_scale)
+    return unit + sign * (noise * noise_scale)
 
 
 def level_unit_weight(w_unit: torch.Tensor, level_of_fine: torch.Tensor, target_unit: torch.Tensor) -> torch.Tensor:
