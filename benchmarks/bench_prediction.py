@@ -1,6 +1,7 @@
 """How far one chip lands from the Monte-Carlo prediction: the prediction's bias and the chip-to-chip spread.
 
     python benchmarks/bench_prediction.py [--preset rram] [--chips 32] [--first-seed 200] [--methods clean,ste]
+                                          [--pair-compensation]
 
 Trains the demo's digits models once (the demo's sizes, on the profile measured and fitted from chip
 ``--model-seed``, as ``cimcal demo --seed`` does), then for each of ``--chips`` fresh simulated chips
@@ -8,7 +9,8 @@ Trains the demo's digits models once (the demo's sizes, on the profile measured 
 accuracy over ``--mc`` simulated instances of that profile and deploys the model to the chip. Prints
 per chip the prediction, the on-chip accuracy and the read-back ("from cells") prediction, then per method
 the mean of on-chip minus predicted with its standard error, the chip-to-chip sd, and how many chips
-landed more than 1.5 points away. About 20 s per chip on 2 cores.
+landed more than 1.5 points away. ``--pair-compensation``: trained, predicted and deployed with
+``AnalogConfig(pair_compensation=True)``, as ``cimcal demo`` does by default. About 20 s per chip on 2 cores.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-seed", type=int, default=0, help="chip (and training seed) the models are trained for")
     parser.add_argument("--methods", default="clean,ste")
     parser.add_argument("--mc", type=int, default=40)
+    parser.add_argument("--pair-compensation", action="store_true", help="AnalogConfig(pair_compensation=True)")
     args = parser.parse_args(argv)
     if args.chips < 2:
         parser.error("--chips must be at least 2 (the spread needs two chips)")
@@ -51,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     from cimcal.train.tasks import load_task
 
     methods = args.methods.split(",")
-    config = AnalogConfig()
+    config = AnalogConfig(pair_compensation=args.pair_compensation)
     limits = _sim_limits(args.preset)
     sizes = demo_sizes(False)
     task = load_task("digits", seed=args.model_seed)

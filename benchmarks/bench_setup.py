@@ -5,6 +5,7 @@ The profile is fitted with :func:`cimcal.noise.fit_profile` on seeded synthetic 
 a 6-bit ADC with INL/DNL, near-missing codes and sparkles), so every method sees the same chip.
 Methods: ``clean`` (the plain digital model), ``ste`` (AnalogConfig(noise="lut"), the extended STE) and
 ``gaussian`` (AnalogConfig(noise="gaussian"), differentiable noise-aware training); fresh noise every step.
+``ste-pc``: the extended STE with ``pair_compensation=True`` (bench_step's ``--pair-compensation``).
 """
 
 from __future__ import annotations
@@ -51,8 +52,9 @@ def make_step(method: str, model_name: str, profile, compile_chain: bool = True)
     model, x, y = build_model(model_name)
     model = copy.deepcopy(model)
     if method != "clean":
-        noise = {"ste": "lut", "gaussian": "gaussian"}[method]
-        convert(model, profile, AnalogConfig(noise=noise, compile=compile_chain), generator=torch.Generator().manual_seed(1))
+        noise = {"ste": "lut", "ste-pc": "lut", "gaussian": "gaussian"}[method]
+        config = AnalogConfig(noise=noise, compile=compile_chain, pair_compensation=method == "ste-pc")
+        convert(model, profile, config, generator=torch.Generator().manual_seed(1))
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()

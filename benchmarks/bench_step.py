@@ -1,6 +1,7 @@
 """Time per training step: clean vs the extended STE (LUT noise) vs the Gaussian NAT baseline.
 
     python benchmarks/bench_step.py [--models mlp cnn] [--rounds 45] [--steps 1] [--threads N] [--no-compile]
+                                    [--pair-compensation]
 
 All ratios come from one run on the same model, batch and profile, with fresh noise every step. The
 methods are interleaved round by round (clean, ste, gaussian, clean, ...) so that load from other
@@ -31,18 +32,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--no-compile", action="store_true", help="eager sampling chains (the fallback)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--pair-compensation", action="store_true",
+                        help="also time the extended STE with AnalogConfig(pair_compensation=True) ('ste-pc')")
     args = parser.parse_args(argv)
+    methods = METHODS + (("ste-pc",) if args.pair_compensation else ())
     if args.threads:
         torch.set_num_threads(args.threads)
     profile = bench_profile()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, compile={not args.no_compile}")
     for model_name in args.models:
-        steps = {m: make_step(m, model_name, profile, not args.no_compile) for m in METHODS}
+        steps = {m: make_step(m, model_name, profile, not args.no_compile) for m in methods}
         for step in steps.values():
             for _ in range(args.warmup):
                 step()
-        wall: dict[str, list[float]] = {m: [] for m in METHODS}
-        cpu: dict[str, list[float]] = {m: [] for m in METHODS}
+        wall: dict[str, list[float]] = {m: [] for m in methods}
+        cpu: dict[str, list[float]] = {m: [] for m in methods}
         for _ in range(args.rounds):
             for method, step in steps.items():
                 start, start_cpu = time.perf_counter(), time.process_time()
@@ -53,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         for label, times in (("wall", wall), ("cpu", cpu)):
             median = {m: statistics.median(v) for m, v in times.items()}
             line = ", ".join(
-                f"{m} {1e3 * median[m]:.1f} ms ({median[m] / median['clean']:.2f}x clean)" for m in METHODS
+                f"{m} {1e3 * median[m]:.1f} ms ({median[m] / median['clean']:.2f}x clean)" for m in methods
             )
             print(f"{model_name} [{label}]: {line}; median of {args.rounds} interleaved rounds x {args.steps} steps")
     return 0

@@ -89,7 +89,10 @@ class DeployResult:
             + f"{len(self.layers)} layers in {sum(layer['slots'] for layer in self.layers)} slots "
             f"on {self.instrument_idn}: "
             f"{s.get('cells_programmed', 0)} cells programmed, {s.get('cells_skipped', 0)} already verified "
-            f"(skipped), {s.get('cells_failed_verify', 0)} failed verify; {s.get('mvm_vectors', 0)} input vectors "
+            f"(skipped), {s.get('cells_failed_verify', 0)} failed verify"
+            + (f", {s['cells_compensated']} re-programmed to compensate a failed partner" if s.get("cells_compensated")
+               else "")
+            + f"; {s.get('mvm_vectors', 0)} input vectors "
             f"in {s.get('mvm_calls', 0)} block transfers; {self.seconds:.1f} s"
         )
 
@@ -310,9 +313,11 @@ def deploy_checkpoint(
     state_path: str | os.PathLike | None = None,
     tester: Any = None,
     limits: Any = None,
+    overrides: dict[str, Any] | None = None,
     **options: Any,
 ) -> DeployResult:
-    """Load a checkpoint of a built-in task and :func:`deploy_model` it.
+    """Load a checkpoint of a built-in task and :func:`deploy_model` it (``overrides``: AnalogConfig fields that
+    replace the checkpoint's, e.g. ``{"pair_compensation": True}``).
 
     ``resource`` is a VISA resource string, or ``"sim"``: the simulated chip (``preset``, ``chip_seed``)
     served in-process on an ephemeral loopback port, reached through pyvisa-py like any instrument.
@@ -328,6 +333,8 @@ def deploy_checkpoint(
     the_task = load_task(meta["task"], seed=meta["split_seed"], **meta.get("task_options", {}))
     model = checkpoint.build_model(the_task.info)
     config = config_from_json(meta.get("analog_config"))
+    if overrides:
+        config = config.replace(**overrides)
     if state_path is None:
         state_path = Path(path).with_name(Path(path).name + ".deploy.json")
     key = file_sha256(path)

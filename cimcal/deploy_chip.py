@@ -65,6 +65,7 @@ class ChipRunner:
         self._next_array = 0
         self._chunks_run = 0
         self.stats = {"cells_programmed": 0, "cells_skipped": 0, "cells_aged": 0, "cells_failed_verify": 0,
+                      "cells_compensated": 0,
                       "programmings": 0, "mvm_vectors": 0, "mvm_calls": 0, "program_s": 0.0, "mvm_s": 0.0,
                       "wait_s": 0.0, "readback_s": 0.0, "signed_input_layers": []}
         # each slot's cells read back (mean of READBACK_READS reads, µS, in cell order) when its MVMs ran
@@ -121,6 +122,7 @@ class ChipRunner:
         clock_s = self.tester.clock() if record["chunks"] and self.max_age_s is not None else None
         oldest_s = 0.0
         aged = 0
+        programmed = False
         for index, start in enumerate(range(0, slot.n_cells, self.chunk_cells)):
             cut = slice(start, min(start + self.chunk_cells, slot.n_cells))
             r, c, levels = slot.cell_rows[cut], slot.cell_cols[cut], slot.cell_levels[cut]
@@ -134,6 +136,7 @@ class ChipRunner:
                 aged += r.size
                 oldest_s = max(oldest_s, age_s)
             self.tester.program_cells(array, r, c, levels)
+            programmed = True
             times = self.tester.program_time(array)
             results = self.tester.program_result(array)
             self.state.chunk_done(array, index, stamp_digest(times[r, c], results[r, c]))
@@ -148,7 +151,17 @@ class ChipRunner:
                 f"array {array}: {aged} cells verified by an earlier run were up to {oldest_s:.3g} s old, beyond the "
                 f"profile's drift data (to {self.max_age_s:.3g} s): reprogrammed"
             )
+        # pair compensation after any (re)programming, or when a run stopped before it; without it, cells an earlier
+        # run moved go back to their planned levels
+        moves = record.get("moves")
+        if self.plan.layers[slot.layer].pair_compensation:
+            if programmed or not isinstance(moves, dict):
+                self._compensate(array, slot, record)
+        elif moves:
+            self._restore(array, slot, moves)
+            self.state.compensated(array, None, self._stamps(array, slot))
         cells = (slot.cell_rows, slot.cell_cols)
+        results = self.tester.program_result(array)
         self.readback.pop(slot.key, None)  # programmed anew: read again before its next MVMs
         self.stats["cells_failed_verify"] += int((results[cells] < 0).sum())
         self.stats["programmings"] += 1
@@ -156,6 +169,40 @@ class ChipRunner:
         self.ready_clock[array] = float(np.nanmax(times[cells])) + self.t_eval_s
         self.stats["program_s"] += time.perf_counter() - started
         return array
+
+    def _compensate(self, array: int, slot: SlotPlan, record: dict[str, Any]) -> None:
+        """Pair compensation (:meth:`DeployPlan.compensation_moves`) of a programmed slot: cells an earlier run moved
+        go back to their planned levels first (a chunk reprogrammed since may hold their partners), then the slot is
+        read (mean of :data:`READBACK_READS` reads) and the partners of failed devices are programmed to their new
+        levels. The moves and the chunks' new stamps go to the state file, so a rerun keeps them."""
+        self._restore(array, slot, record.get("moves"))
+        rows = (0, int(slot.cell_rows.max()) + 1)
+        g = np.mean([self.tester.read_map(array, rows=rows) for _ in range(READBACK_READS)], axis=0)
+        cells, levels = self.plan.compensation_moves(slot, g[slot.cell_rows, slot.cell_cols])
+        if cells.size:
+            self.tester.program_cells(array, slot.cell_rows[cells], slot.cell_cols[cells], levels)
+        moves = {str(int(c)): int(v) for c, v in zip(cells, levels)}
+        self.state.compensated(array, moves, self._stamps(array, slot))
+        self.stats["cells_compensated"] += int(cells.size)
+
+    def _restore(self, array: int, slot: SlotPlan, moves: Any) -> None:
+        """Program the cells an earlier run's compensation moved (``moves``: the state's record) back to the plan."""
+        if not isinstance(moves, dict):
+            return
+        back = np.array(sorted({int(k) for k in moves if str(k).isdigit() and int(k) < slot.n_cells}), dtype=np.int64)
+        if back.size:
+            self.tester.program_cells(array, slot.cell_rows[back], slot.cell_cols[back], slot.cell_levels[back])
+
+    def _stamps(self, array: int, slot: SlotPlan) -> dict[str, str]:
+        """The chip's programming stamps of each of the slot's chunks, as the state file records them."""
+        times = self.tester.program_time(array)
+        results = self.tester.program_result(array)
+        stamps = {}
+        for index, start in enumerate(range(0, slot.n_cells, self.chunk_cells)):
+            cut = slice(start, min(start + self.chunk_cells, slot.n_cells))
+            r, c = slot.cell_rows[cut], slot.cell_cols[cut]
+            stamps[str(index)] = stamp_digest(times[r, c], results[r, c])
+        return stamps
 
     def _wait_until_ready(self, array: int) -> None:
         started = time.perf_counter()

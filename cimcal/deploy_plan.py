@@ -20,6 +20,9 @@ The plan executes exactly what the training layers modelled (see :mod:`cimcal.an
   ``p * (g_max - g_min) * v_fs_v`` µA, so the read-out gain is ``half / (psum_scale * span * v_fs_v)``
   and its offset (reference current) is ``center``.
 - **Read-back**: codes are dequantized with the layer's own per-column ``deq_gain``/``deq_offset``.
+- **Pair compensation** (a layer's ``AnalogConfig.pair_compensation``): after a slot is programmed,
+  :meth:`DeployPlan.compensation_moves` re-targets the partner of every device that missed its level by the
+  layers' own rule (:func:`cimcal.analog.mapping.compensate_pairs`).
 
 A slot is one (layer, tile, turn): at most ``rows`` inputs and ``cols / 2`` outputs, one array's worth.
 Anything the chip cannot realise exactly is done the closest way and listed in ``DeployPlan.deviations``.
@@ -111,6 +114,7 @@ class LayerPlan:
     gain: float
     offset_ua: float
     w_max: torch.Tensor  # (O,)
+    pair_compensation: bool  # the layer's AnalogConfig.pair_compensation: re-target the partner of a failed device
     deq_gain: torch.Tensor  # (O,) code -> unit partial sum
     deq_offset: torch.Tensor  # (O,)
     slots: list[SlotPlan] = field(default_factory=list)
@@ -118,7 +122,7 @@ class LayerPlan:
     def to_dict(self) -> dict[str, Any]:
         return {"layer": self.name, "inputs": self.n_in, "outputs": self.n_out, "slots": len(self.slots),
                 "input_full_scale": self.input_full_scale, "psum_scale": self.psum_scale, "v_fs_v": self.v_fs_v,
-                "adc_gain": self.gain, "adc_offset_ua": self.offset_ua,
+                "adc_gain": self.gain, "adc_offset_ua": self.offset_ua, "pair_compensation": self.pair_compensation,
                 "cells": int(sum(s.n_cells for s in self.slots))}
 
 
@@ -129,10 +133,35 @@ class DeployPlan:
     layers: dict[str, LayerPlan]
     geometry: ChipGeometry
     deviations: list[str] = field(default_factory=list)
+    levels: np.ndarray | None = None  # chip level ids in ascending target order (the layers' level order)
 
     @property
     def slots(self) -> list[SlotPlan]:
         return [slot for layer in self.layers.values() for slot in layer.slots]
+
+    def compensation_moves(self, slot: SlotPlan, g_us: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Pair compensation on the chip, the rule the layers model (:func:`cimcal.analog.mapping.compensate_pairs`):
+        from ``g_us``, the slot's cells as programmed (read back, in cell order), the cells to re-program and
+        their new chip level ids. The active device of a pair is the one not at the lowest level (G+ when both
+        are)."""
+        from cimcal.analog.mapping import compensate_pairs
+
+        levels = np.asarray(self.levels)
+        targets = torch.as_tensor(np.asarray(self.geometry.targets_us, dtype=np.float64)[levels])
+        position = np.empty(int(levels.max()) + 1, dtype=np.int64)
+        position[levels] = np.arange(levels.size)
+        half = slot.n_cells // 2
+        plus, minus = np.arange(half), np.arange(half, 2 * half)
+        idle_level = int(levels[0])
+        active_plus = (slot.cell_levels[:half] != idle_level) | (slot.cell_levels[half:] == idle_level)
+        active = np.where(active_plus, plus, minus)
+        idle = np.where(active_plus, minus, plus)
+        g = torch.as_tensor(np.asarray(g_us, dtype=np.float64))
+        new_active, new_idle = compensate_pairs(g[active], g[idle], torch.as_tensor(position[slot.cell_levels[active]]),
+                                                targets)
+        new_active, new_idle = new_active.numpy(), new_idle.numpy()
+        cells = np.concatenate([active[new_active >= 0], idle[new_idle >= 0]])
+        return cells, levels[np.concatenate([new_active[new_active >= 0], new_idle[new_idle >= 0]])]
 
 
 def dac_full_scale_v(geometry: ChipGeometry, layer_dac_bits: int) -> tuple[float, str | None]:
@@ -246,7 +275,7 @@ def _layer_plan(name: str, layer: Any, profile: Any, geometry: ChipGeometry, sor
         name=name, n_in=n_in, n_out=n_out,
         input_full_scale=float(cfg.input_range) if cfg.input_range is not None else float(layer.input_range_),
         psum_scale=psum_scale, dac_bits=cfg.dac_bits, v_fs_v=float(v_fs), gain=float(gain), offset_ua=float(center),
-        w_max=w_max, deq_gain=layer.adc_col_gain.float() * to_unit,  # the layer's own per-output read-back
+        w_max=w_max, pair_compensation=bool(cfg.pair_compensation), deq_gain=layer.adc_col_gain.float() * to_unit,  # the layer's own per-output read-back
         deq_offset=layer.adc_col_offset.float() * to_unit,
     )
     for t, rows in enumerate(tiles):
@@ -281,4 +310,4 @@ def plan_deployment(analog_model: torch.nn.Module, profile: Any, geometry: ChipG
             layers[name] = _layer_plan(name, module, profile, geometry, levels, deviations)
     if not layers:
         raise ConfigError("the model has no analog layers to deploy")
-    return DeployPlan(layers, geometry, deviations)
+    return DeployPlan(layers, geometry, deviations, levels)

@@ -1,12 +1,13 @@
 """Resumable programming: a small JSON state file recording which array holds which slot.
 
 Keyed by the checkpoint's sha256, the profile's sha256 and the chip's ``*IDN?``; a state file for another
-checkpoint, profile or chip is ignored (everything is programmed afresh). Per array it records the slot (key and cell-list digest)
-and, for every programming chunk the chip finished, the sha256 of the chip's own ``PROG:TIME?`` stamps
-of that chunk's cells. On a rerun a chunk is skipped only if the chip still reports exactly those
-stamps (so nothing reprogrammed it since), no cell of it reads ``PROG:RES?`` = 0 and its cells are not
-older than the profile's drift data (:class:`~cimcal.deploy_chip.ChipRunner` reprograms them and says so).
-The chip stays the source of truth; the file only says what to compare against. A file that is not
+checkpoint, profile or chip is ignored (everything is programmed afresh). Per array it records the slot
+(key and cell-list digest), for every programming chunk the chip finished the sha256 of the chip's own
+``PROG:TIME?`` stamps of that chunk's cells, and, once pair compensation ran, the cells it moved
+(``moves``: cell index -> level). On a rerun a chunk is skipped only if the chip still reports exactly
+those stamps (so nothing reprogrammed it since), no cell of it reads ``PROG:RES?`` = 0 and its cells are
+not older than the profile's drift data (:class:`~cimcal.deploy_chip.ChipRunner` reprograms them and says
+so). The chip stays the source of truth; the file only says what to compare against. A file that is not
 valid JSON or not of this structure counts as absent.
 """
 
@@ -77,6 +78,17 @@ class DeployState:
 
     def chunk_done(self, array: int, chunk: int, stamp: str) -> None:
         self.arrays[str(array)]["chunks"][str(chunk)] = stamp
+        self.save()
+
+    def compensated(self, array: int, moves: dict[str, int] | None, stamps: dict[str, str]) -> None:
+        """Pair compensation of ``array``'s slot done: the moved cells (cell index -> chip level; None: the slot is
+        as planned, without compensation) and every chunk's stamps after it."""
+        record = self.arrays[str(array)]
+        if moves is None:
+            record.pop("moves", None)
+        else:
+            record["moves"] = moves
+        record["chunks"].update(stamps)
         self.save()
 
     def save(self) -> None:

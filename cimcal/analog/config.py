@@ -46,6 +46,11 @@ class AnalogConfig:
             their own ADC conversion and are accumulated digitally.
         Weights are mapped per output channel: ``w / max|w_j|`` in [-1, 1] maps onto a differential pair
         (G+, G-) over the profile's levels, the unused device of the pair at the lowest level.
+        pair_compensation: after programming, a pair whose device missed its target by more than half a
+            level gap (a stuck cell, a failed verify) has its partner re-programmed to the level that brings
+            the pair's difference back nearest its target (``cimcal deploy`` does this on the chip; the
+            ``"lut"`` forward models it, :func:`cimcal.analog.mapping.compensate_pairs`). ``False``: pairs
+            stay as programmed.
 
     Converters
         dac_bits: signed input DAC resolution (inputs clipped to ``[-input_range, input_range]``).
@@ -68,6 +73,7 @@ class AnalogConfig:
     resample: str = "every_forward"
     t_s: float | None = None
     tile_rows: int = 256
+    pair_compensation: bool = False
     dac_bits: int = 8
     input_range: float | None = None
     input_percentile: float = 99.9
@@ -97,8 +103,9 @@ class AnalogConfig:
                 raise ConfigError(f"AnalogConfig.{name} must be in (0, 100], got {value!r}")
         if not (_is_real(self.calib_momentum) and 0 < self.calib_momentum <= 1):
             raise ConfigError(f"AnalogConfig.calib_momentum must be in (0, 1], got {self.calib_momentum!r}")
-        if not isinstance(self.compile, bool):
-            raise ConfigError(f"AnalogConfig.compile must be True or False, got {self.compile!r}")
+        for name in ("pair_compensation", "compile"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"AnalogConfig.{name} must be True or False, got {getattr(self, name)!r}")
         for field in dataclasses.fields(self):  # numpy scalars -> plain int/float: the config stays JSON-able
             value = getattr(self, field.name)
             if isinstance(value, numbers.Real) and not isinstance(value, bool) and type(value) not in (int, float):

@@ -149,27 +149,35 @@ def sample_unit_weight(
     ranks: torch.Tensor | None,
     stream: tuple[int, int],
     compiled: bool,
+    compensate: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Noisy unit weights of every differential pair of ``w`` (O, K), each row scaled by its ``max|w|``:
     programmed conductance plus one read each (``ranks``: the fixed instance's (2, O, K) programming-error
-    ranks), random bits from the Philox ``stream`` (key, nonce). Returns (noisy unit weights (O, K), ``w_max``
-    (O,)); one compiled pass where possible."""
+    ranks), random bits from the Philox ``stream`` (key, nonce); ``compensate``: pair compensation
+    (:func:`cimcal.analog.mapping.compensate_pairs`; needs the tables' ``target_unit``, ``threshold_unit`` and
+    ``bounds_read`` / ``bounds_programmed``). Returns (noisy unit weights (O, K), ``w_max`` (O,)); one compiled
+    pass where possible."""
     key, nonce = stream
+    target = tables["target_unit"] if compensate else None
     if use_kernels(compiled, w):
         w = w.contiguous()
+        rule = None
+        if compensate:
+            bounds = tables["bounds_read"] if ranks is None else tables["bounds_programmed"]
+            rule = (target, float(tables["threshold_unit"]), bounds)
         if ranks is None:
-            return kernels.sample_pairs(w, tables["level_of_fine"], tables["read_unit"], key, nonce)
+            return kernels.sample_pairs(w, tables["level_of_fine"], tables["read_unit"], key, nonce, compensation=rule)
         return kernels.sample_pairs(
-            w, tables["level_of_fine"], tables["read_noise_unit"], key, nonce, ranks, tables["programmed_unit"]
+            w, tables["level_of_fine"], tables["read_noise_unit"], key, nonce, ranks, tables["programmed_unit"], rule
         )
     w_max = row_abs_max(w)
     u_active, u_idle = _bytes(w.shape, key, nonce, w.device)
     w_unit = w * (1.0 / w_max)[:, None]
     if ranks is None:
-        return noisy_unit_weight(w_unit, u_active, u_idle, tables["level_of_fine"], tables["read_unit"]), w_max
+        return noisy_unit_weight(w_unit, u_active, u_idle, tables["level_of_fine"], tables["read_unit"], target), w_max
     noisy = instance_unit_weight(
         w_unit, ranks[0], ranks[1], u_active, u_idle, tables["level_of_fine"], tables["programmed_unit"],
-        tables["read_noise_unit"],
+        tables["read_noise_unit"], target,
     )
     return noisy, w_max
 

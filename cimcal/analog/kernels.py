@@ -369,8 +369,65 @@ def _row_scale(w, ui, cols, w_max):  # noqa: ANN001
     return np.float32(1.0) / m
 
 
+_NO_TARGET, _NO_BOUNDS = np.zeros(2, np.float32), np.zeros(4, np.int32)  # the arguments when not compensating
+
+
+@njit(inline="always", cache=_CACHE)
+def _redraw(u):  # noqa: ANN001
+    """mapping.redraw_byte: a device's byte mapped to another for its draw at a new level."""
+    return (u * _U(157) + _U(101)) & _U(255)
+
+
+@njit(inline="always", cache=_CACHE)
+def _nearest_level(target, want):  # noqa: ANN001
+    """Level whose target is nearest ``want`` (ties to the lower level, as torch's argmin)."""
+    best = np.int32(0)
+    gap = abs(want - target[0])
+    for level in range(1, target.size):
+        d = abs(want - target[level])
+        if d < gap:
+            best, gap = np.int32(level), d
+    return best
+
+
+@njit(inline="always", cache=_CACHE)
+def _flag_candidates(words, bounds, flags, cols):  # noqa: ANN001
+    """flags[j] = 1 where pair j's active knot lies outside ``bounds[0]..bounds[1]`` or its idle knot outside
+    ``bounds[2]..bounds[3]``: the knots within hold no failed device at any level (the tables are sorted, so a
+    level's failed knots are its first and last ones). Branch-free on the random bits alone; returns whether
+    any is flagged."""
+    # unsigned wrap-around: k outside lo..hi <=> (k - lo) mod 2**16 > hi - lo; in this form (uint16, the count
+    # in its own loop) the loop vectorizes: 0.2 ns an element against 0.45 written with int32 compares
+    lo_a, span_a = np.uint16(bounds[0]), np.uint16(bounds[1] - bounds[0])
+    lo_i, span_i = np.uint16(bounds[2]), np.uint16(bounds[3] - bounds[2])
+    for j in range(_U(cols)):
+        r = words[j]
+        off_a = np.uint16(np.uint16(r & np.uint16(255)) - lo_a) > span_a
+        off_i = np.uint16(np.uint16(r >> np.uint16(8)) - lo_i) > span_i
+        flags[j] = off_a or off_i
+    n = 0
+    for j in range(_U(cols)):
+        n += flags[j]
+    return n > 0
+
+
+@njit(inline="always", cache=_CACHE)
+def _move(v_active, v_idle, lv, target, threshold):  # noqa: ANN001
+    """mapping.compensate_pairs for one pair: (new active level, new idle level), -1 = stays. The common case
+    (both devices within ``threshold`` of their targets) costs two compares."""
+    e_active = v_active - target[lv]
+    e_idle = v_idle - target[0]
+    if not max(abs(e_active), abs(e_idle)) > threshold:
+        return np.int32(-1), np.int32(-1)
+    if abs(e_active) >= abs(e_idle):
+        new = _nearest_level(target, target[0] + e_active)
+        return np.int32(-1), (new if new != 0 else np.int32(-1))
+    new = _nearest_level(target, target[lv] + e_idle)
+    return (new if new != lv else np.int32(-1)), np.int32(-1)
+
+
 @_Kernel
-def _pairs(w, level_of_fine, read_unit, key, nonce, out, w_max):  # noqa: ANN001
+def _pairs(w, level_of_fine, read_unit, key, nonce, out, w_max, target, threshold, bounds, compensate):  # noqa: ANN001
     rows, cols = out.shape
     per, blocks = _block_rows(rows, cols)
     for blk in prange(blocks):
@@ -378,6 +435,7 @@ def _pairs(w, level_of_fine, read_unit, key, nonce, out, w_max):  # noqa: ANN001
         words = words64.view(np.uint16)
         g_active = np.empty(cols, np.float32)
         g_idle = np.empty(cols, np.float32)
+        flags = np.empty(cols, np.uint8)
         for i in range(blk * per, min(rows, (blk + 1) * per)):
             ui = _U(i)
             s = _row_scale(w, ui, cols, w_max)
@@ -387,6 +445,15 @@ def _pairs(w, level_of_fine, read_unit, key, nonce, out, w_max):  # noqa: ANN001
                 r = _U(words[j])
                 g_active[j] = read_unit[_U(level[j]) * _U(256) + (r & _U(255))]
                 g_idle[j] = read_unit[r >> _U(8)]
+            if compensate and _flag_candidates(words, bounds, flags, cols):
+                for j in range(_U(cols)):
+                    if flags[j]:
+                        new_active, new_idle = _move(g_active[j], g_idle[j], level[j], target, threshold)
+                        r = _U(words[j])
+                        if new_active >= 0:
+                            g_active[j] = read_unit[_U(new_active) * _U(256) + _redraw(r & _U(255))]
+                        if new_idle >= 0:
+                            g_idle[j] = read_unit[_U(new_idle) * _U(256) + _redraw(r >> _U(8))]
             for j in range(_U(cols)):
                 v = w[ui, j] * s
                 d = g_active[j] - g_idle[j]
@@ -394,7 +461,8 @@ def _pairs(w, level_of_fine, read_unit, key, nonce, out, w_max):  # noqa: ANN001
 
 
 @_Kernel
-def _pairs_instance(w, ranks, level_of_fine, programmed_unit, read_noise_unit, key, nonce, out, w_max):  # noqa: ANN001
+def _pairs_instance(w, ranks, level_of_fine, programmed_unit, read_noise_unit, key, nonce, out, w_max, target,  # noqa: ANN001
+                    threshold, bounds, compensate):
     rows, cols = out.shape
     per, blocks = _block_rows(rows, cols)
     for blk in prange(blocks):
@@ -408,9 +476,20 @@ def _pairs_instance(w, ranks, level_of_fine, programmed_unit, read_noise_unit, k
             for j in range(_U(cols)):
                 r = _U(words[j])
                 row = _U(level[j]) * _U(256)
-                g_active = programmed_unit[row + _U(ranks[0, ui, j])] + read_noise_unit[row + (r & _U(255))]
-                g_idle = programmed_unit[_U(ranks[1, ui, j])] + read_noise_unit[r >> _U(8)]
-                d = g_active - g_idle
+                rank_active, rank_idle = _U(ranks[0, ui, j]), _U(ranks[1, ui, j])
+                p_active = programmed_unit[row + rank_active]
+                p_idle = programmed_unit[rank_idle]
+                n_active = read_noise_unit[row + (r & _U(255))]
+                n_idle = read_noise_unit[r >> _U(8)]
+                if compensate and not (bounds[0] <= rank_active <= bounds[1] and bounds[2] <= rank_idle <= bounds[3]):
+                    new_active, new_idle = _move(p_active, p_idle, level[j], target, threshold)
+                    if new_active >= 0:
+                        p_active = programmed_unit[_U(new_active) * _U(256) + _redraw(rank_active)]
+                        n_active = read_noise_unit[_U(new_active) * _U(256) + (r & _U(255))]
+                    if new_idle >= 0:
+                        p_idle = programmed_unit[_U(new_idle) * _U(256) + _redraw(rank_idle)]
+                        n_idle = read_noise_unit[_U(new_idle) * _U(256) + (r >> _U(8))]
+                d = (p_active + n_active) - (p_idle + n_idle)
                 v = w[ui, j] * s
                 out[ui, j] = (-d if v < np.float32(0.0) else d) + (v - v)
 
@@ -423,22 +502,34 @@ def sample_pairs(
     nonce: int,
     ranks: torch.Tensor | None = None,
     programmed_unit: torch.Tensor | None = None,
+    compensation: tuple[torch.Tensor, float, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Noisy unit weights ``sign * (G_active - G_idle)`` of every differential pair of ``w`` (C-contiguous
     (O, K)), each row scaled by its ``max|w|``: returns (noisy unit weights (O, K), ``w_max`` (O,)).
 
     One read each. With ``ranks`` ((2, O, K) uint8: a fixed instance's active and idle device), the devices
     keep their persistent programmed values (``programmed_unit``) and ``read_unit`` is the read-noise table.
+    ``compensation`` = (the levels' targets, :func:`~cimcal.analog.mapping.compensation_threshold`,
+    :func:`~cimcal.analog.mapping.compensation_bounds` of the judged table: ``read_unit``, or ``programmed_unit``
+    with ``ranks``): pair compensation as :func:`cimcal.analog.mapping.compensate_pairs` (the same values as the
+    eager :func:`~cimcal.analog.mapping.noisy_unit_weight` / :func:`~cimcal.analog.mapping.instance_unit_weight`);
+    None: none.
     """
     out = torch.empty_like(w)
     w_max = torch.empty(w.shape[0], dtype=w.dtype)
+    if compensation is not None:
+        target_unit, threshold, bounds = compensation
+        tail = (_np(target_unit), np.float32(threshold), _np(bounds), True)
+    else:
+        tail = (_NO_TARGET, np.float32(0.0), _NO_BOUNDS, False)
     common = (_np(level_of_fine),)
     if ranks is None:
-        _pairs(w.numel(), _np(w), *common, _np(read_unit), np.uint64(key), np.uint64(nonce), out.numpy(), w_max.numpy())
+        _pairs(w.numel(), _np(w), *common, _np(read_unit), np.uint64(key), np.uint64(nonce), out.numpy(), w_max.numpy(),
+               *tail)
     else:
         _pairs_instance(
             w.numel(), _np(w), _np(ranks), *common, _np(programmed_unit), _np(read_unit), np.uint64(key), np.uint64(nonce),
-            out.numpy(), w_max.numpy(),
+            out.numpy(), w_max.numpy(), *tail,
         )
     return out, w_max
 

@@ -166,7 +166,8 @@ class AnalogLayer:
         )
         self._adc_n_codes = None if adc is None else adc.n_codes
         self.g_range_us = None if cond is None else (cond.g_min_us, cond.g_max_us)
-        for name in ("level_of_fine", "target_unit", "read_unit", "programmed_unit", "read_noise_unit", "mean_unit", "sigma_unit"):
+        for name in ("level_of_fine", "target_unit", "read_unit", "programmed_unit", "read_noise_unit", "mean_unit", "sigma_unit",
+                     "threshold_unit", "bounds_read", "bounds_programmed"):
             value = None if cond is None else getattr(cond, name).to(device)
             self.register_buffer(f"lut_{name}", value, persistent=False)
         for name in ("codes", "deq_offset", "deq_gain", "sigma_lsb"):
@@ -268,7 +269,8 @@ class AnalogLayer:
 
     def _noisy_weights(self, w2d: torch.Tensor, stream: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """(noisy unit weights (O, K) of every tile, ``w_max`` per output): one sampling pass over the matrix."""
-        cond = self._tables("lut_", ("level_of_fine", "read_unit", "programmed_unit", "read_noise_unit"))
+        cond = self._tables("lut_", ("level_of_fine", "read_unit", "programmed_unit", "read_noise_unit", "target_unit",
+                                     "threshold_unit", "bounds_read", "bounds_programmed"))
         if cond is None:  # no conductance model: ideal cells
             w_max = row_abs_max(w2d)
             return w2d * (1.0 / w_max)[:, None], w_max
@@ -278,7 +280,8 @@ class AnalogLayer:
                                      self._programmed[3])
             return noisy.to(w2d.dtype), row_abs_max(w2d)
         ranks = self.instance_ranks if self.config.resample == "fixed_instance" else None
-        return sample_unit_weight(w2d, cond, ranks, kernels.substream(stream, 0), self.config.compile)
+        return sample_unit_weight(w2d, cond, ranks, kernels.substream(stream, 0), self.config.compile,
+                                  self.config.pair_compensation)
 
     def _convert(
         self, psum_tiles: list[Any], w_max: torch.Tensor, full_scale: float, stream: tuple[int, int],

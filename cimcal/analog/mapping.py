@@ -29,6 +29,10 @@ __all__ = [
     "read_back_unit_weight",
     "level_unit_weight",
     "levels_and_sign",
+    "compensate_pairs",
+    "compensation_threshold",
+    "compensation_bounds",
+    "redraw_byte",
     "N_KNOTS",
     "N_FINE",
     "slice_knots",
@@ -49,6 +53,8 @@ class ConductanceTables:
     programmed_unit [L*K]: knots of the persistent programmed value: ``fixed_instance``.
     read_noise_unit [L*K]: knots of the read-to-read deviation added at every forward (``fixed_instance``).
     mean_unit, sigma_unit [L]: per-level mean and std (the gaussian baseline).
+    threshold_unit [] and bounds_read, bounds_programmed [4] int32: pair compensation's
+    :func:`compensation_threshold` and :func:`compensation_bounds` of ``read_unit`` / ``programmed_unit``.
     """
 
     g_min_us: float
@@ -60,6 +66,9 @@ class ConductanceTables:
     read_noise_unit: torch.Tensor
     mean_unit: torch.Tensor
     sigma_unit: torch.Tensor
+    threshold_unit: torch.Tensor
+    bounds_read: torch.Tensor
+    bounds_programmed: torch.Tensor
 
 
 def build_conductance_tables(lut: Any, t_s: float | None, generator: torch.Generator | None = None) -> ConductanceTables:
@@ -105,6 +114,9 @@ def build_conductance_tables(lut: Any, t_s: float | None, generator: torch.Gener
         read_noise_unit=read_noise,
         mean_unit=mean_unit.contiguous(),
         sigma_unit=sigma_unit.contiguous(),
+        threshold_unit=torch.tensor(compensation_threshold(target_unit), dtype=torch.float32),
+        bounds_read=compensation_bounds(read, target_unit),
+        bounds_programmed=compensation_bounds(programmed, target_unit),
     )
 
 
@@ -149,17 +161,101 @@ def levels_and_sign(w_unit: torch.Tensor, level_of_fine: torch.Tensor) -> tuple[
     return level, sign
 
 
+def compensation_threshold(target_unit: torch.Tensor) -> float:
+    """Half the smallest gap between adjacent level targets (float32): a device off its target by less can
+    never move its partner to another level (:func:`compensate_pairs` checks only pairs beyond it)."""
+    return float((target_unit[1:] - target_unit[:-1]).min().float() / 2)
+
+
+def compensation_bounds(knots: torch.Tensor, target_unit: torch.Tensor) -> torch.Tensor:
+    """int32 ``[lo_active, hi_active, lo_idle, hi_idle]``: knot indices within which no device of a sorted knot
+    table (L*K) is beyond :func:`compensation_threshold` of its target, at any level (active) or at the lowest
+    level (idle). The kernels examine only pairs with a knot outside (a level's failed knots are its first and
+    last: the tables are sorted)."""
+    table = knots.view(target_unit.numel(), -1)
+    off = (table - target_unit[:, None]).abs() > compensation_threshold(target_unit)
+    k = table.shape[1]
+    index = torch.arange(k)
+    # first and last healthy knot of each level (a level without one: an empty range)
+    lo = torch.where(off, k, index).amin(dim=1)
+    hi = torch.where(off, -1, index).amax(dim=1)
+    bounded = (~off[:, :]).cumsum(dim=1)
+    if bool((off & (bounded > 0) & (bounded < bounded[:, -1:])).any()):
+        raise ValueError("knot tables must be sorted per level")
+    return torch.tensor([int(lo.max()), int(hi.min()), int(lo[0]), int(hi[0])], dtype=torch.int32)
+
+
+def redraw_byte(u: torch.Tensor) -> torch.Tensor:
+    """A device's random byte mapped to another (a bijection of 0..255) for the draw at its new level."""
+    return (u.to(torch.int32) * 157 + 101) & 255
+
+
+def compensate_pairs(
+    v_active: torch.Tensor,
+    v_idle: torch.Tensor,
+    level: torch.Tensor,
+    target_unit: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pair compensation, the rule deployment applies on the chip (:func:`cimcal.deploy_plan.compensation_moves`):
+    in a pair whose devices hold ``v_active`` (target level ``level``) and ``v_idle`` (target level 0), the device
+    farther from its target (the active one on a tie) is taken as failed, and its partner is re-programmed to the
+    level whose target is nearest ``partner's target + failed device's error``, which restores the pair's
+    difference as closely as the levels allow (a stuck-on idle device at 46 µS moves the active one up; a stuck
+    active device moves the idle one). Returns ``(new_active_level, new_idle_level)`` with -1 where the device
+    stays; float32 arithmetic in the kernels' order, ties between levels to the lower one."""
+    e_active = v_active - target_unit[level]
+    e_idle = v_idle - target_unit[0]
+    active_failed = e_active.abs() >= e_idle.abs()
+    want = torch.where(active_failed, target_unit[0] + e_active, target_unit[level] + e_idle)
+    nearest = (want.unsqueeze(-1) - target_unit).abs().argmin(dim=-1).to(level.dtype)
+    move_idle = active_failed & (nearest != 0)
+    move_active = ~active_failed & (nearest != level)
+    stay = torch.full_like(nearest, -1)
+    return torch.where(move_active, nearest, stay), torch.where(move_idle, nearest, stay)
+
+
+def _compensated(
+    v_active: torch.Tensor, v_idle: torch.Tensor, level: torch.Tensor, target_unit: torch.Tensor,
+    redraw: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Values of the pairs after :func:`compensate_pairs`: a moved device is drawn anew at its new level by
+    ``redraw(device, new_level_rows)`` (0 active, 1 idle) for the selected pairs. Only pairs with a device
+    beyond :func:`compensation_threshold` are examined (the kernels' order)."""
+    threshold = compensation_threshold(target_unit)
+    candidates = torch.maximum((v_active - target_unit[level]).abs(), (v_idle - target_unit[0]).abs()) > threshold
+    if not bool(candidates.any()):
+        return v_active, v_idle
+    where = candidates.nonzero(as_tuple=True)
+    new_active, new_idle = compensate_pairs(v_active[where], v_idle[where], level[where], target_unit)
+    v_active, v_idle = v_active.clone(), v_idle.clone()
+    for device, new, values in ((0, new_active, v_active), (1, new_idle, v_idle)):
+        moved = new >= 0
+        if bool(moved.any()):
+            at = tuple(index[moved] for index in where)
+            values[at] = redraw(device, at, new[moved])
+    return v_active, v_idle
+
+
 def noisy_unit_weight(
     w_unit: torch.Tensor,
     u_active: torch.Tensor,
     u_idle: torch.Tensor,
     level_of_fine: torch.Tensor,
     read_unit: torch.Tensor,
+    target_unit: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """One read of every pair: sign * (G_active - G_idle) in unit space; u_* are uint8 knot indices."""
+    """One read of every pair: sign * (G_active - G_idle) in unit space; u_* are uint8 knot indices.
+    ``target_unit``: compensate failed devices (:func:`compensate_pairs`; a moved device's read is drawn at its
+    new level with :func:`redraw_byte` of its byte); None: no compensation."""
     level, sign = levels_and_sign(w_unit, level_of_fine)
     g_active = read_unit[level * N_KNOTS + u_active.to(torch.int32)]
     g_idle = read_unit[u_idle.to(torch.int32)]  # the idle device sits at the lowest level (row 0)
+    if target_unit is not None:
+        byte = (u_active, u_idle)
+        g_active, g_idle = _compensated(
+            g_active, g_idle, level, target_unit,
+            lambda device, at, new: read_unit[new.to(torch.int32) * N_KNOTS + redraw_byte(byte[device][at])],
+        )
     return sign * (g_active - g_idle) + (w_unit - w_unit)  # non-finite weights stay non-finite, as in the kernels
 
 
@@ -172,12 +268,31 @@ def instance_unit_weight(
     level_of_fine: torch.Tensor,
     programmed_unit: torch.Tensor,
     read_noise_unit: torch.Tensor,
+    target_unit: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Fixed chip instance: each cell keeps its programming-error quantile rank; read noise is fresh."""
+    """Fixed chip instance: each cell keeps its programming-error quantile rank; read noise is fresh.
+    ``target_unit``: compensate failed devices, judged on their programmed values (:func:`compensate_pairs`; a
+    moved device's programmed value is drawn at its new level with :func:`redraw_byte` of its rank, so it stays
+    with the instance); None: no compensation."""
     level, sign = levels_and_sign(w_unit, level_of_fine)
     row = level * N_KNOTS
-    g_active = programmed_unit[row + rank_active.to(torch.int32)] + read_noise_unit[row + u_active.to(torch.int32)]
-    g_idle = programmed_unit[rank_idle.to(torch.int32)] + read_noise_unit[u_idle.to(torch.int32)]
+    p_active = programmed_unit[row + rank_active.to(torch.int32)]
+    p_idle = programmed_unit[rank_idle.to(torch.int32)]
+    n_active = read_noise_unit[row + u_active.to(torch.int32)]
+    n_idle = read_noise_unit[u_idle.to(torch.int32)]
+    if target_unit is not None:
+        rank, byte, noise = (rank_active, rank_idle), (u_active, u_idle), [n_active, n_idle]
+
+        def redraw(device: int, at: tuple[torch.Tensor, ...], new: torch.Tensor) -> torch.Tensor:
+            rows = new.to(torch.int32) * N_KNOTS
+            noise[device] = noise[device].clone()
+            noise[device][at] = read_noise_unit[rows + byte[device][at].to(torch.int32)]
+            return programmed_unit[rows + redraw_byte(rank[device][at])]
+
+        p_active, p_idle = _compensated(p_active, p_idle, level, target_unit, redraw)
+        n_active, n_idle = noise
+    g_active = p_active + n_active
+    g_idle = p_idle + n_idle
     return sign * (g_active - g_idle) + (w_unit - w_unit)
 
 

@@ -38,10 +38,13 @@ _FULL, _QUICK = demo_sizes(quick=False), demo_sizes(quick=True)
               help="Arrays to use (default: those whose ADCs the profile measured, else all).")
 @click.option("--limits", "limits_text", default=None,
               help="Safe-limit overrides, e.g. 'v_prog_max_v=4' (the pcm preset is rated for 4 V).")
+@click.option("--pair-compensation/--no-pair-compensation", default=None,
+              help="Override the checkpoint's AnalogConfig.pair_compensation (re-program the partner of a device that "
+                   "missed its level; the prediction models the same).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--progress/--no-progress", default=None, help="Progress bars (default: when stderr is a terminal).")
 def deploy(checkpoint, profile, resource, task, preset, chip_seed, mc, eval_seed, t_s, state_path, batch_vectors,
-           arrays, limits_text, as_json, progress) -> None:
+           arrays, limits_text, pair_compensation, as_json, progress) -> None:
     """Program a trained model onto a chip, run the test split on it, compare with the prediction."""
     from cimcal.deploy import deploy_checkpoint
     from cimcal.noise.profile import ChipProfile
@@ -67,6 +70,7 @@ def deploy(checkpoint, profile, resource, task, preset, chip_seed, mc, eval_seed
             checkpoint, loaded, resource=resource, task=task, preset=preset, chip_seed=chip_seed,
             state_path=state_path, mc=mc, seed=eval_seed, t_s=t_s, batch_vectors=batch_vectors, arrays=chosen,
             limits=limits, progress=sys.stderr.isatty() if progress is None else progress,
+            overrides=None if pair_compensation is None else {"pair_compensation": pair_compensation},
         )
     except (KeyboardInterrupt, InstrumentError):
         where = state_path or f"{checkpoint}.deploy.json"
@@ -86,7 +90,8 @@ def deploy(checkpoint, profile, resource, task, preset, chip_seed, mc, eval_seed
 @click.command()
 @click.option("--workdir", default="cimcal-demo", show_default=True, type=click.Path(file_okay=False),
               help="Directory for every output (tables, profile, models, report.html).")
-@click.option("--preset", default="rram", show_default=True, help="Simulated chip preset (rram, rram-inl, pcm).")
+@click.option("--preset", default="rram-inl", show_default=True,
+              help="Simulated chip preset: rram-inl (RRAM read through bowed ADCs), rram or pcm.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Chip, split, init and noise seed.")
 @click.option("--quick", is_flag=True, help="Reduced size (small campaigns and model, few epochs): a smoke run.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
@@ -95,12 +100,17 @@ def deploy(checkpoint, profile, resource, task, preset, chip_seed, mc, eval_seed
               help=f"Chip instances of the prediction (default {_FULL['mc']}; quick {_QUICK['mc']}).")
 @click.option("--t-s", type=float, default=None,
               help="Inference time after programming (s, drift) to train for, predict and wait for on the chip.")
+@click.option("--pair-compensation/--no-pair-compensation", default=True, show_default=True,
+              help="Re-program the partner of a device that missed its level (trained for, predicted and deployed).")
+@click.option("--finetune/--from-scratch", default=True, show_default=True,
+              help="gaussian and STE-LUT fine-tune the clean model (half its epochs), or train from scratch.")
 @click.option("--progress/--no-progress", default=None, help="Progress bars (default: when stderr is a terminal).")
-def demo(workdir, preset, seed, quick, epochs, mc, t_s, progress) -> None:
+def demo(workdir, preset, seed, quick, epochs, mc, t_s, pair_compensation, finetune, progress) -> None:
     """The whole loop on the embedded simulated chip: measure, fit, validate, train, evaluate, deploy."""
     from cimcal.demo import format_table, run_demo
 
     result = run_demo(workdir, preset=preset, seed=seed, quick=quick, epochs=epochs, mc=mc, t_s=t_s,
+                      pair_compensation=pair_compensation, finetune=finetune,
                       progress=sys.stderr.isatty() if progress is None else progress, echo=click.echo)
     click.echo("")
     click.echo(format_table(result.rows))

@@ -35,11 +35,14 @@ def _load_profiles(paths: tuple[str, ...]) -> list:
               help="Compiled sampling kernels (numba; --no-compile: the eager torch reference, same values, slower).")
 @click.option("--grad-x-weight", type=click.Choice(["clean", "noisy"]), default="clean", show_default=True,
               help="STE: weight used in grad_x = g W (noisy: the forward's sampled weights; better under strong noise).")
+@click.option("--pair-compensation/--no-pair-compensation", default=False, show_default=True,
+              help="Model (and record for deploy) pair compensation: the partner of a device that missed its level "
+                   "is re-programmed to restore the pair's difference.")
 @click.option("--init", "init_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Start from this checkpoint (fine-tune; keeps its model and data split).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Checkpoint to write.")
 def train(task, profiles, method, model, epochs, batch_size, lr, seed, max_steps, hparams, t_s, use_compile,
-          grad_x_weight, init_path, output) -> None:
+          grad_x_weight, pair_compensation, init_path, output) -> None:
     """Train a built-in model against chip profiles and write a checkpoint."""
     from cimcal.errors import ConfigError
     from cimcal.train import distributed
@@ -65,7 +68,8 @@ def train(task, profiles, method, model, epochs, batch_size, lr, seed, max_steps
         init = load_checkpoint(init_path, task=task)
     from cimcal.analog import AnalogConfig
 
-    analog_config = AnalogConfig(t_s=t_s, compile=use_compile, grad_x_weight=grad_x_weight).validate()
+    analog_config = AnalogConfig(t_s=t_s, compile=use_compile, grad_x_weight=grad_x_weight,
+                                 pair_compensation=pair_compensation).validate()
     joined = distributed.init_from_env()
     try:
         net, meta, result = train_builtin(
@@ -93,13 +97,17 @@ def train(task, profiles, method, model, epochs, batch_size, lr, seed, max_steps
 @click.option("--split", type=click.Choice(["test", "val"]), default="test", show_default=True)
 @click.option("--compile/--no-compile", "use_compile", default=None,
               help="Override the checkpoint's AnalogConfig.compile.")
+@click.option("--pair-compensation/--no-pair-compensation", default=None,
+              help="Override the checkpoint's AnalogConfig.pair_compensation.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def evaluate(checkpoint, profile, mc, t_s, seed, split, use_compile, as_json) -> None:
+def evaluate(checkpoint, profile, mc, t_s, seed, split, use_compile, pair_compensation, as_json) -> None:
     """Monte-Carlo evaluate a checkpoint over MC chip instances (fresh programming error each)."""
     from cimcal.train.evaluate import evaluate_checkpoint
 
     (loaded,) = _load_profiles((profile,))
     overrides = {} if use_compile is None else {"compile": use_compile}
+    if pair_compensation is not None:
+        overrides["pair_compensation"] = pair_compensation
     result = evaluate_checkpoint(checkpoint, loaded, mc=mc, t_s=t_s, seed=seed, split=split, overrides=overrides)
     if as_json:
         click.echo(json.dumps(result.to_dict()))

@@ -60,6 +60,18 @@ def test_demo_quick_runs_the_whole_loop_and_writes_the_report(tmp_path, capsys):
     # 3 simulated instances in the quick run: the chip matched or beat 0, 1, 2 or 3 of them
     assert all(row["on_chip_rank"] in (0.0, 1 / 3, 2 / 3, 1.0) for row in results["rows"])
     assert "rank: share of the simulated chip instances" in out
+    # gaussian and STE-LUT fine-tune the clean model; all three train, predict and deploy with pair compensation
+    from cimcal.data.sources import sha256_file
+    from cimcal.train.checkpoint import load_checkpoint
+
+    models = tmp_path / "demo" / "models"
+    for method in ("clean", "gaussian", "ste"):
+        meta = load_checkpoint(models / f"{method}.ckpt").meta
+        assert meta["analog_config"]["pair_compensation"] is True
+        assert (meta.get("init") or {}).get("sha256") == (None if method == "clean" else sha256_file(models / "clean.ckpt"))
+    assert [row["init"] is not None for row in results["rows"]] == [False, True, True]
+    assert "fine-tuned from the clean model" in out
+    assert all(deploy["stats"]["cells_compensated"] > 0 for deploy in results["deploys"].values())
 
 
 @pytest.mark.slow
