@@ -1,10 +1,10 @@
 """How far one chip lands from the Monte-Carlo prediction: the prediction's bias and the chip-to-chip spread.
 
-    python benchmarks/bench_prediction.py [--preset rram] [--chips 32] [--first-seed 200] [--methods clean,ste]
-                                          [--pair-compensation]
+    python benchmarks/bench_prediction.py [--preset rram-inl] [--chips 32] [--first-seed 200] [--methods clean,ste]
+                                          [--pair-compensation] [--from-scratch]
 
-Trains the demo's digits models once (the demo's sizes, on the profile measured and fitted from chip
-``--model-seed``, as ``cimcal demo --seed`` does), then for each of ``--chips`` fresh simulated chips
+Trains the demo's digits models once (the demo's sizes and recipe, on the profile measured and fitted from
+chip ``--model-seed``, as ``cimcal demo --seed`` does), then for each of ``--chips`` fresh simulated chips
 (seeds ``--first-seed`` ...): measures it as the demo does, fits its own profile, predicts every model's
 accuracy over ``--mc`` simulated instances of that profile and deploys the model to the chip. Prints
 per chip the prediction, the on-chip accuracy and the read-back ("from cells") prediction, then per method
@@ -34,22 +34,24 @@ def measure_and_fit(tester, provenance, work: Path):  # noqa: ANN001, ANN201
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="rram")
+    parser.add_argument("--preset", default="rram-inl")
     parser.add_argument("--chips", type=int, default=32)
     parser.add_argument("--first-seed", type=int, default=200)
     parser.add_argument("--model-seed", type=int, default=0, help="chip (and training seed) the models are trained for")
     parser.add_argument("--methods", default="clean,ste")
     parser.add_argument("--mc", type=int, default=40)
     parser.add_argument("--pair-compensation", action="store_true", help="AnalogConfig(pair_compensation=True)")
+    parser.add_argument("--from-scratch", action="store_true", help="every method from scratch (the demo's "
+                        "--from-scratch); default: the others fine-tuned from the clean model")
     args = parser.parse_args(argv)
     if args.chips < 2:
         parser.error("--chips must be at least 2 (the spread needs two chips)")
 
     import cimcal.drivers as drivers
     from cimcal.analog import AnalogConfig
-    from cimcal.demo import _sim_limits, demo_sizes
+    from cimcal.demo import _sim_limits, demo_sizes, train_demo_model
     from cimcal.deploy import deploy_model
-    from cimcal.train.builtin import train_builtin
+    from cimcal.train.checkpoint import load_checkpoint, save_checkpoint
     from cimcal.train.evaluate import evaluate_model
     from cimcal.train.tasks import load_task
 
@@ -63,8 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         with drivers.open_tester("sim", preset=args.preset, seed=args.model_seed, limits=limits) as (tester, prov):
             profile = measure_and_fit(tester, prov, Path(tmp) / "model_chip")
-        models = {m: train_builtin("digits", [profile], method=m, hparams={"hidden": sizes["hidden"]}, analog_config=config,
-                                   epochs=sizes["epochs"], seed=args.model_seed)[0] for m in methods}
+        # as the demo trains them: clean, and the others fine-tuned from it (--from-scratch: all from scratch)
+        clean, meta = train_demo_model("clean", profile, sizes, config, epochs=sizes["epochs"], seed=args.model_seed)
+        init = None if args.from_scratch else load_checkpoint(save_checkpoint(Path(tmp) / "clean.ckpt", clean, meta))
+        models = {m: clean if m == "clean" else train_demo_model(m, profile, sizes, config, epochs=sizes["epochs"],
+                                                                 seed=args.model_seed, init=init)[0] for m in methods}
         for seed in range(args.first_seed, args.first_seed + args.chips):
             with drivers.open_tester("sim", preset=args.preset, seed=seed, limits=limits) as (tester, prov):
                 profile = measure_and_fit(tester, prov, Path(tmp) / f"chip_{seed}")

@@ -1,7 +1,7 @@
 """Time per training step: clean vs the extended STE (LUT noise) vs the Gaussian NAT baseline.
 
     python benchmarks/bench_step.py [--models mlp cnn] [--rounds 45] [--steps 1] [--threads N] [--no-compile]
-                                    [--pair-compensation]
+                                    [--pair-compensation] [--profile chip.cimprof]
 
 All ratios come from one run on the same model, batch and profile, with fresh noise every step. The
 methods are interleaved round by round (clean, ste, gaussian, clean, ...) so that load from other
@@ -34,11 +34,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--pair-compensation", action="store_true",
                         help="also time the extended STE with AnalogConfig(pair_compensation=True) ('ste-pc')")
+    parser.add_argument("--profile", default=None, help="a chip profile (.cimprof) instead of the synthetic benchmark chip")
     args = parser.parse_args(argv)
     methods = METHODS + (("ste-pc",) if args.pair_compensation else ())
     if args.threads:
         torch.set_num_threads(args.threads)
-    profile = bench_profile()
+    if args.profile:
+        from cimcal.noise.profile import ChipProfile
+
+        profile = ChipProfile.load(args.profile)
+    else:
+        profile = bench_profile()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, compile={not args.no_compile}")
     for model_name in args.models:
         steps = {m: make_step(m, model_name, profile, not args.no_compile) for m in methods}

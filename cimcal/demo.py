@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DemoRow", "DemoResult", "run_demo", "format_table", "METHOD_LABELS"]
+__all__ = ["DemoRow", "DemoResult", "run_demo", "train_demo_model", "format_table", "METHOD_LABELS"]
 
 METHOD_LABELS = {"clean": "clean", "gaussian": "gaussian", "ste": "STE-LUT"}
 
@@ -182,6 +182,21 @@ def measure_chip(tester: Any, data: Path, sizes: dict[str, Any], provenance: Any
     return out
 
 
+def train_demo_model(method: str, profile: Any, sizes: dict[str, Any], config: Any, *, epochs: int, seed: int,
+                     init: Any = None, progress: bool = False) -> tuple[Any, dict[str, Any]]:
+    """One of the demo's digits models (``sizes``: :func:`demo_sizes`): (digital model, checkpoint metadata).
+    ``init`` (the clean model's :class:`~cimcal.train.checkpoint.Checkpoint`) makes it a fine-tuning run: half
+    the epochs, at the sizes' ``finetune_lr``."""
+    from cimcal.train.builtin import train_builtin
+
+    tuned = init is not None
+    net, meta, _ = train_builtin(
+        "digits", [profile], method=method, hparams={"hidden": sizes["hidden"]}, analog_config=config,
+        epochs=max(1, epochs // 2) if tuned else epochs, lr=sizes.get("finetune_lr") if tuned else None, seed=seed,
+        progress=progress, init=init)
+    return net, meta
+
+
 def run_demo(
     workdir: str | os.PathLike = "cimcal-demo",
     *,
@@ -289,10 +304,8 @@ def run_demo(
             t0 = clock()
             tuned = init is not None and method != "clean"
             with _peak_rss(memory):
-                net, meta, _ = train_builtin(
-                    "digits", [profile], method=method, hparams={"hidden": sizes["hidden"]}, analog_config=config,
-                    epochs=max(1, epochs // 2) if tuned else epochs, lr=sizes.get("finetune_lr") if tuned else None,
-                    seed=seed, progress=progress, init=init if tuned else None)
+                net, meta = train_demo_model(method, profile, sizes, config, epochs=epochs, seed=seed,
+                                             init=init if tuned else None, progress=progress)
             train_s = clock() - t0
             meta["profiles"] = [profile_path.name]
             checkpoint = save_checkpoint(models / f"{method}.ckpt", net, meta)

@@ -426,26 +426,68 @@ def _move(v_active, v_idle, lv, target, threshold):  # noqa: ANN001
     return (new if new != lv else np.int32(-1)), np.int32(-1)
 
 
+@njit(inline="always", cache=_CACHE)
+def _gather_pairs(words, level, read_unit, g_active, g_idle, cols):  # noqa: ANN001
+    """Both devices' reads of every pair of a row: the table gathers alone in a tight loop."""
+    for j in range(_U(cols)):
+        r = _U(words[j])
+        g_active[j] = read_unit[_U(level[j]) * _U(256) + (r & _U(255))]
+        g_idle[j] = read_unit[r >> _U(8)]
+
+
+@njit(inline="always", cache=_CACHE)
+def _write_pairs(w, ui, s, g_active, g_idle, out, cols):  # noqa: ANN001
+    """Row ``ui`` of the output: sign * (G_active - G_idle); non-finite weights stay non-finite."""
+    for j in range(_U(cols)):
+        v = w[ui, j] * s
+        d = g_active[j] - g_idle[j]
+        out[ui, j] = (-d if v < np.float32(0.0) else d) + (v - v)
+
+
+@njit(inline="always", cache=_CACHE)
+def _pair_scratch(cols):  # noqa: ANN001
+    """A block's scratch rows: random words (and their 16-bit view), fine indices, levels, both devices' reads."""
+    words64 = _words(cols)
+    return (words64, words64.view(np.uint16), np.empty(cols, np.int32), np.empty(cols, np.int32),
+            np.empty(cols, np.float32), np.empty(cols, np.float32))
+
+
+@njit(inline="always", cache=_CACHE)
+def _row_reads(w, i, w_max, level_of_fine, read_unit, key, nonce, scratch):  # noqa: ANN001
+    """Row ``i``: its scale (returned), random bits, levels and both devices' reads of every pair (in scratch)."""
+    words64, words, fine, level, g_active, g_idle = scratch
+    cols = w.shape[1]
+    s = _row_scale(w, _U(i), cols, w_max)
+    _fill_row_bits(words64, i, nonce, key)
+    _row_levels(w, _U(i), s, cols, level_of_fine, fine, level)
+    _gather_pairs(words, level, read_unit, g_active, g_idle, cols)
+    return s
+
+
 @_Kernel
-def _pairs(w, level_of_fine, read_unit, key, nonce, out, w_max, target, threshold, bounds, compensate):  # noqa: ANN001
+def _pairs(w, level_of_fine, read_unit, key, nonce, out, w_max):  # noqa: ANN001
     rows, cols = out.shape
     per, blocks = _block_rows(rows, cols)
     for blk in prange(blocks):
-        words64, fine, level = _words(cols), np.empty(cols, np.int32), np.empty(cols, np.int32)
-        words = words64.view(np.uint16)
-        g_active = np.empty(cols, np.float32)
-        g_idle = np.empty(cols, np.float32)
+        scratch = _pair_scratch(cols)
+        g_active, g_idle = scratch[4], scratch[5]
+        for i in range(blk * per, min(rows, (blk + 1) * per)):
+            s = _row_reads(w, i, w_max, level_of_fine, read_unit, key, nonce, scratch)
+            _write_pairs(w, _U(i), s, g_active, g_idle, out, cols)
+
+
+@_Kernel
+def _pairs_compensated(w, level_of_fine, read_unit, key, nonce, out, w_max, target, threshold, bounds):  # noqa: ANN001
+    """:func:`_pairs` with pair compensation (its own kernel: the plain one keeps its code)."""
+    rows, cols = out.shape
+    per, blocks = _block_rows(rows, cols)
+    for blk in prange(blocks):
+        scratch = _pair_scratch(cols)
+        _, words, _, level, g_active, g_idle = scratch
         flags = np.empty(cols, np.uint8)
         for i in range(blk * per, min(rows, (blk + 1) * per)):
-            ui = _U(i)
-            s = _row_scale(w, ui, cols, w_max)
-            _fill_row_bits(words64, i, nonce, key)
-            _row_levels(w, ui, s, cols, level_of_fine, fine, level)
-            for j in range(_U(cols)):
-                r = _U(words[j])
-                g_active[j] = read_unit[_U(level[j]) * _U(256) + (r & _U(255))]
-                g_idle[j] = read_unit[r >> _U(8)]
-            if compensate and _flag_candidates(words, bounds, flags, cols):
+            s = _row_reads(w, i, w_max, level_of_fine, read_unit, key, nonce, scratch)
+            if _flag_candidates(words, bounds, flags, cols):
                 for j in range(_U(cols)):
                     if flags[j]:
                         new_active, new_idle = _move(g_active[j], g_idle[j], level[j], target, threshold)
@@ -454,10 +496,7 @@ def _pairs(w, level_of_fine, read_unit, key, nonce, out, w_max, target, threshol
                             g_active[j] = read_unit[_U(new_active) * _U(256) + _redraw(r & _U(255))]
                         if new_idle >= 0:
                             g_idle[j] = read_unit[_U(new_idle) * _U(256) + _redraw(r >> _U(8))]
-            for j in range(_U(cols)):
-                v = w[ui, j] * s
-                d = g_active[j] - g_idle[j]
-                out[ui, j] = (-d if v < np.float32(0.0) else d) + (v - v)
+            _write_pairs(w, _U(i), s, g_active, g_idle, out, cols)
 
 
 @_Kernel
@@ -517,19 +556,16 @@ def sample_pairs(
     """
     out = torch.empty_like(w)
     w_max = torch.empty(w.shape[0], dtype=w.dtype)
-    if compensation is not None:
-        target_unit, threshold, bounds = compensation
-        tail = (_np(target_unit), np.float32(threshold), _np(bounds), True)
-    else:
-        tail = (_NO_TARGET, np.float32(0.0), _NO_BOUNDS, False)
-    common = (_np(level_of_fine),)
+    rule = () if compensation is None else (_np(compensation[0]), np.float32(compensation[1]), _np(compensation[2]))
+    head = (w.numel(), _np(w))
+    tail = (_np(level_of_fine),)
     if ranks is None:
-        _pairs(w.numel(), _np(w), *common, _np(read_unit), np.uint64(key), np.uint64(nonce), out.numpy(), w_max.numpy(),
-               *tail)
+        kernel = _pairs if compensation is None else _pairs_compensated
+        kernel(*head, *tail, _np(read_unit), np.uint64(key), np.uint64(nonce), out.numpy(), w_max.numpy(), *rule)
     else:
         _pairs_instance(
-            w.numel(), _np(w), _np(ranks), *common, _np(programmed_unit), _np(read_unit), np.uint64(key), np.uint64(nonce),
-            out.numpy(), w_max.numpy(), *tail,
+            *head, _np(ranks), *tail, _np(programmed_unit), _np(read_unit), np.uint64(key), np.uint64(nonce),
+            out.numpy(), w_max.numpy(), *(rule + (True,) if rule else (_NO_TARGET, np.float32(0.0), _NO_BOUNDS, False)),
         )
     return out, w_max
 

@@ -184,6 +184,19 @@ def test_the_reuse_age_is_never_below_what_a_fresh_run_reads():
     assert _max_cell_age(SimpleNamespace(conductance=None), 1.1) is None
 
 
+def _stick_output_layer_cells(chip) -> None:
+    """A quarter of the output layer's cells stuck on at 46 uS: the 10-output layer sits on rows 0-7 of array 0,
+    columns 0-3 / 128-131 (the 4 profiled ADC columns' differential pairs, turn by turn)."""
+    rng = np.random.default_rng(0)
+    rows, cols = np.indices((8, 4))
+    cols = np.concatenate([cols, cols + 128], axis=1)
+    rows = np.concatenate([rows, rows], axis=1)
+    hit = rng.random(rows.shape) < 0.25
+    chip._stuck[0, rows[hit], cols[hit]] = 1
+    chip._g0_us[0, rows[hit], cols[hit]] = 46.0
+    chip._nu[0, rows[hit], cols[hit]] = 0.0
+
+
 def test_prediction_from_the_read_back_cells_follows_stuck_cells_the_profile_cannot_know(
         trained_small, digits, profile, served, tmp_path):
     """Cells stuck on at the output layer's busiest rows cost the chip many points: the Monte-Carlo prediction
@@ -193,32 +206,11 @@ def test_prediction_from_the_read_back_cells_follows_stuck_cells_the_profile_can
     assert fine.predicted_cells is not None and 0.0 < fine.predicted_cells_std < 0.05
     assert abs(fine.on_chip - fine.predicted_cells) < 0.03, fine.summary()
 
-    # the 10-output layer sits on rows 0-7 of array 0 (columns 0-3 / 128-131 hold the 4 profiled ADC columns'
-    # differential pairs, turn by turn): make a quarter of those cells stuck on at 46 uS
-    rng = np.random.default_rng(0)
-    rows, cols = np.indices((8, 4))
-    cols = np.concatenate([cols, cols + 128], axis=1)
-    rows = np.concatenate([rows, rows], axis=1)
-    hit = rng.random(rows.shape) < 0.25
-    chip._stuck[0, rows[hit], cols[hit]] = 1
-    chip._g0_us[0, rows[hit], cols[hit]] = 46.0
-    chip._nu[0, rows[hit], cols[hit]] = 0.0
+    _stick_output_layer_cells(chip)
     damaged = _deploy(trained_small, digits, profile, tester, tmp_path / "damaged", predicted=None, mc=4)
     assert damaged.on_chip < fine.on_chip - 0.05, (fine.summary(), damaged.summary())
     assert damaged.predicted == pytest.approx(fine.predicted)  # same profile, same instances
     assert abs(damaged.on_chip - damaged.predicted_cells) < 0.03, damaged.summary()
-
-
-def _stick_output_layer_cells(chip) -> None:
-    """A quarter of the output layer's cells (rows 0-7 of array 0, the 4 profiled columns' pairs) stuck on."""
-    rng = np.random.default_rng(0)
-    rows, cols = np.indices((8, 4))
-    cols = np.concatenate([cols, cols + 128], axis=1)
-    rows = np.concatenate([rows, rows], axis=1)
-    hit = rng.random(rows.shape) < 0.25
-    chip._stuck[0, rows[hit], cols[hit]] = 1
-    chip._g0_us[0, rows[hit], cols[hit]] = 46.0
-    chip._nu[0, rows[hit], cols[hit]] = 0.0
 
 
 def test_pair_compensation_moves_the_partners_of_stuck_cells_and_recovers_the_accuracy(
