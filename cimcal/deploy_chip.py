@@ -161,6 +161,7 @@ class ChipRunner:
             self._restore(array, slot, moves)
             self.state.compensated(array, None, self._stamps(array, slot))
         cells = (slot.cell_rows, slot.cell_cols)
+        times = self.tester.program_time(array)  # compensation may have programmed cells since
         results = self.tester.program_result(array)
         self.readback.pop(slot.key, None)  # programmed anew: read again before its next MVMs
         self.stats["cells_failed_verify"] += int((results[cells] < 0).sum())
@@ -189,7 +190,8 @@ class ChipRunner:
         """Program the cells an earlier run's compensation moved (``moves``: the state's record) back to the plan."""
         if not isinstance(moves, dict):
             return
-        back = np.array(sorted({int(k) for k in moves if str(k).isdigit() and int(k) < slot.n_cells}), dtype=np.int64)
+        back = np.array(sorted({int(k) for k in moves if isinstance(k, str) and k.isascii() and k.isdigit()
+                                and int(k) < slot.n_cells}), dtype=np.int64)
         if back.size:
             self.tester.program_cells(array, slot.cell_rows[back], slot.cell_cols[back], slot.cell_levels[back])
 

@@ -171,7 +171,7 @@ def compensation_bounds(knots: torch.Tensor, target_unit: torch.Tensor) -> torch
     """int32 ``[lo_active, hi_active, lo_idle, hi_idle]``: knot indices within which no device of a sorted knot
     table (L*K) is beyond :func:`compensation_threshold` of its target, at any level (active) or at the lowest
     level (idle). The kernels examine only pairs with a knot outside (a level's failed knots are its first and
-    last: the tables are sorted)."""
+    last: the tables are sorted). An empty range comes back as ``(K, -1)``: every knot examined."""
     table = knots.view(target_unit.numel(), -1)
     off = (table - target_unit[:, None]).abs() > compensation_threshold(target_unit)
     k = table.shape[1]
@@ -182,7 +182,10 @@ def compensation_bounds(knots: torch.Tensor, target_unit: torch.Tensor) -> torch
     bounded = (~off[:, :]).cumsum(dim=1)
     if bool((off & (bounded > 0) & (bounded < bounded[:, -1:])).any()):
         raise ValueError("knot tables must be sorted per level")
-    return torch.tensor([int(lo.max()), int(hi.min()), int(lo[0]), int(hi[0])], dtype=torch.int32)
+    active, idle = (int(lo.max()), int(hi.min())), (int(lo[0]), int(hi[0]))
+    # no knot healthy at every level (one level healthy only high, another only low): examine every pair
+    active, idle = ((a, b) if a <= b else (k, -1) for a, b in (active, idle))
+    return torch.tensor([*active, *idle], dtype=torch.int32)
 
 
 def redraw_byte(u: torch.Tensor) -> torch.Tensor:

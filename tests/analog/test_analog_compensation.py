@@ -85,3 +85,23 @@ def test_compensation_moves_only_pairs_with_a_failed_device_and_shrinks_their_er
     before = float((plain[failed] - ideal[failed]).square().mean())
     after = float((fixed[failed] - ideal[failed]).square().mean())
     assert after < 0.25 * before, (before, after)
+
+
+def test_levels_healthy_at_disjoint_knots_make_the_kernels_examine_every_pair():
+    """One level healthy only at its high knots, another only at its low ones: no knot index is healthy at every
+    level, so the kernels' pre-filter must pass every pair (else they skip failed devices the eager path moves)."""
+    tables = _tables()
+    target = tables["target_unit"]
+    knots = (target[:, None] + 0.001 * torch.linspace(-1, 1, 256)[None, :]).clone()
+    knots[3, :200] = target[3] - 0.3
+    knots[5, 100:] = target[5] + 0.3
+    knots = knots.sort(dim=1).values.reshape(-1).contiguous()
+    tables.update(read_unit=knots, programmed_unit=knots, bounds_read=compensation_bounds(knots, target),
+                  bounds_programmed=compensation_bounds(knots, target))
+    assert tables["bounds_read"][:2].tolist() == [256, -1]
+    w = torch.randn(300, 700, generator=torch.Generator().manual_seed(5))
+    ranks = torch.randint(0, 256, (2, 300, 700), dtype=torch.uint8, generator=torch.Generator().manual_seed(6))
+    for instance in (None, ranks):
+        compiled, _ = sample_unit_weight(w, tables, instance, (7, 8), True, True)
+        eager, _ = sample_unit_weight(w, tables, instance, (7, 8), False, True)
+        assert torch.equal(compiled, eager)
