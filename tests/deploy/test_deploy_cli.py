@@ -70,7 +70,7 @@ def test_demo_quick_runs_the_whole_loop_and_writes_the_report(tmp_path, capsys):
         assert meta["analog_config"]["pair_compensation"] is True
         assert (meta.get("init") or {}).get("sha256") == (None if method == "clean" else sha256_file(models / "clean.ckpt"))
     assert [row["init"] is not None for row in results["rows"]] == [False, True, True]
-    assert "fine-tuned from the clean model" in out
+    assert "fine-tuned from the clean model" in out and report.count("(fine-tuned from clean)") == 2
     assert all(deploy["stats"]["cells_compensated"] > 0 for deploy in results["deploys"].values())
 
 
