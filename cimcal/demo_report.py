@@ -61,7 +61,7 @@ def results_html(result: Any, table_text: str) -> str:
             "training time (s)", "peak memory (MiB)"]
     body = []
     for r in result.rows:
-        label = METHOD_LABELS.get(r.method, r.method) + (" (fine-tuned from clean)" if getattr(r, "init", None) else "")
+        label = METHOD_LABELS.get(r.method, r.method) + (" (fine-tuned from clean)" if r.init else "")
         cells = [label, f"{100 * r.predicted:.2f} ± {100 * r.predicted_std:.2f}",
                  f"{100 * r.on_chip:.2f}", f"{100 * r.gap:+.2f}",
                  "-" if r.on_chip_rank is None else f"{100 * r.on_chip_rank:.0f}",

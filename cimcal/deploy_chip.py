@@ -153,16 +153,13 @@ class ChipRunner:
             )
         # pair compensation after any (re)programming, or when a run stopped before it; without it, cells an earlier
         # run moved go back to their planned levels
-        moves = record.get("moves")
-        if self.plan.layers[slot.layer].pair_compensation:
-            if programmed or not isinstance(moves, dict):
-                self._compensate(array, slot, record)
-        elif moves:
+        wanted, moves = self.plan.layers[slot.layer].pair_compensation, record.get("moves")
+        if wanted and (programmed or not isinstance(moves, dict)):
+            times, results = self._compensate(array, slot, record)
+        elif not wanted and moves:
             self._restore(array, slot, moves)
-            self.state.compensated(array, None, self._stamps(array, slot))
+            times, results = self._record_stamps(array, slot, None)
         cells = (slot.cell_rows, slot.cell_cols)
-        times = self.tester.program_time(array)  # compensation may have programmed cells since
-        results = self.tester.program_result(array)
         self.readback.pop(slot.key, None)  # programmed anew: read again before its next MVMs
         self.stats["cells_failed_verify"] += int((results[cells] < 0).sum())
         self.stats["programmings"] += 1
@@ -171,20 +168,18 @@ class ChipRunner:
         self.stats["program_s"] += time.perf_counter() - started
         return array
 
-    def _compensate(self, array: int, slot: SlotPlan, record: dict[str, Any]) -> None:
+    def _compensate(self, array: int, slot: SlotPlan, record: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         """Pair compensation (:meth:`DeployPlan.compensation_moves`) of a programmed slot: cells an earlier run moved
         go back to their planned levels first (a chunk reprogrammed since may hold their partners), then the slot is
         read (mean of :data:`READBACK_READS` reads) and the partners of failed devices are programmed to their new
-        levels. The moves and the chunks' new stamps go to the state file, so a rerun keeps them."""
+        levels. The moves and the chunks' new stamps go to the state file, so a rerun keeps them. Returns the
+        array's ``PROG:TIME?`` and ``PROG:RES?`` after it."""
         self._restore(array, slot, record.get("moves"))
-        rows = (0, int(slot.cell_rows.max()) + 1)
-        g = np.mean([self.tester.read_map(array, rows=rows) for _ in range(READBACK_READS)], axis=0)
-        cells, levels = self.plan.compensation_moves(slot, g[slot.cell_rows, slot.cell_cols])
+        cells, levels = self.plan.compensation_moves(slot, self._read_slot(array, slot))
         if cells.size:
             self.tester.program_cells(array, slot.cell_rows[cells], slot.cell_cols[cells], levels)
-        moves = {str(int(c)): int(v) for c, v in zip(cells, levels)}
-        self.state.compensated(array, moves, self._stamps(array, slot))
         self.stats["cells_compensated"] += int(cells.size)
+        return self._record_stamps(array, slot, {str(int(c)): int(v) for c, v in zip(cells, levels)})
 
     def _restore(self, array: int, slot: SlotPlan, moves: Any) -> None:
         """Program the cells an earlier run's compensation moved (``moves``: the state's record) back to the plan."""
@@ -195,8 +190,9 @@ class ChipRunner:
         if back.size:
             self.tester.program_cells(array, slot.cell_rows[back], slot.cell_cols[back], slot.cell_levels[back])
 
-    def _stamps(self, array: int, slot: SlotPlan) -> dict[str, str]:
-        """The chip's programming stamps of each of the slot's chunks, as the state file records them."""
+    def _record_stamps(self, array: int, slot: SlotPlan, moves: dict[str, int] | None) -> tuple[np.ndarray, np.ndarray]:
+        """Record in the state file the slot's compensation ``moves`` (None: as planned) and every chunk's stamps now
+        (cells were programmed after the chunks' own stamps). Returns the array's ``PROG:TIME?`` and ``PROG:RES?``."""
         times = self.tester.program_time(array)
         results = self.tester.program_result(array)
         stamps = {}
@@ -204,7 +200,8 @@ class ChipRunner:
             cut = slice(start, min(start + self.chunk_cells, slot.n_cells))
             r, c = slot.cell_rows[cut], slot.cell_cols[cut]
             stamps[str(index)] = stamp_digest(times[r, c], results[r, c])
-        return stamps
+        self.state.compensated(array, moves, stamps)
+        return times, results
 
     def _wait_until_ready(self, array: int) -> None:
         started = time.perf_counter()
@@ -215,10 +212,14 @@ class ChipRunner:
     def _read_back(self, array: int, slot: SlotPlan) -> None:
         """The slot's conductances as its MVMs see them (after the wait): mean of a few block reads of its rows."""
         started = time.perf_counter()
+        self.readback[slot.key] = self._read_slot(array, slot).astype(np.float32)
+        self.stats["readback_s"] += time.perf_counter() - started
+
+    def _read_slot(self, array: int, slot: SlotPlan) -> np.ndarray:
+        """The slot's cells in cell order (µS): mean of :data:`READBACK_READS` block reads of its rows."""
         rows = (0, int(slot.cell_rows.max()) + 1)
         g = np.mean([self.tester.read_map(array, rows=rows) for _ in range(READBACK_READS)], axis=0)
-        self.readback[slot.key] = g[slot.cell_rows, slot.cell_cols].astype(np.float32)
-        self.stats["readback_s"] += time.perf_counter() - started
+        return g[slot.cell_rows, slot.cell_cols]
 
     # ------------------------------------------------------------------ compute
     def _mvm(self, array: int, volts: np.ndarray, gain: float, offset_ua: float) -> np.ndarray:

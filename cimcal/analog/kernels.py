@@ -369,7 +369,8 @@ def _row_scale(w, ui, cols, w_max):  # noqa: ANN001
     return np.float32(1.0) / m
 
 
-_NO_TARGET, _NO_BOUNDS = np.zeros(2, np.float32), np.zeros(4, np.int32)  # the arguments when not compensating
+# _pairs_instance's compensation arguments (target, threshold, bounds, compensate) when not compensating
+_NO_RULE = (np.zeros(2, np.float32), np.float32(0.0), np.zeros(4, np.int32), False)
 
 
 @njit(inline="always", cache=_CACHE)
@@ -557,16 +558,13 @@ def sample_pairs(
     out = torch.empty_like(w)
     w_max = torch.empty(w.shape[0], dtype=w.dtype)
     rule = () if compensation is None else (_np(compensation[0]), np.float32(compensation[1]), _np(compensation[2]))
-    head = (w.numel(), _np(w))
-    tail = (_np(level_of_fine),)
+    bits = (np.uint64(key), np.uint64(nonce), out.numpy(), w_max.numpy())
     if ranks is None:
         kernel = _pairs if compensation is None else _pairs_compensated
-        kernel(*head, *tail, _np(read_unit), np.uint64(key), np.uint64(nonce), out.numpy(), w_max.numpy(), *rule)
+        kernel(w.numel(), _np(w), _np(level_of_fine), _np(read_unit), *bits, *rule)
     else:
-        _pairs_instance(
-            *head, _np(ranks), *tail, _np(programmed_unit), _np(read_unit), np.uint64(key), np.uint64(nonce),
-            out.numpy(), w_max.numpy(), *(rule + (True,) if rule else (_NO_TARGET, np.float32(0.0), _NO_BOUNDS, False)),
-        )
+        _pairs_instance(w.numel(), _np(w), _np(ranks), _np(level_of_fine), _np(programmed_unit), _np(read_unit), *bits,
+                        *(rule + (True,) if rule else _NO_RULE))
     return out, w_max
 
 

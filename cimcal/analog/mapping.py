@@ -179,7 +179,7 @@ def compensation_bounds(knots: torch.Tensor, target_unit: torch.Tensor) -> torch
     # first and last healthy knot of each level (a level without one: an empty range)
     lo = torch.where(off, k, index).amin(dim=1)
     hi = torch.where(off, -1, index).amax(dim=1)
-    bounded = (~off[:, :]).cumsum(dim=1)
+    bounded = (~off).cumsum(dim=1)
     if bool((off & (bounded > 0) & (bounded < bounded[:, -1:])).any()):
         raise ValueError("knot tables must be sorted per level")
     active, idle = (int(lo.max()), int(hi.min())), (int(lo[0]), int(hi[0]))
@@ -222,7 +222,7 @@ def _compensated(
     redraw: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Values of the pairs after :func:`compensate_pairs`: a moved device is drawn anew at its new level by
-    ``redraw(device, new_level_rows)`` (0 active, 1 idle) for the selected pairs. Only pairs with a device
+    ``redraw(device, at, new_level)`` (device 0 active, 1 idle; ``at`` the moved pairs' indices). Only pairs with a device
     beyond :func:`compensation_threshold` are examined (the kernels' order)."""
     threshold = compensation_threshold(target_unit)
     candidates = torch.maximum((v_active - target_unit[level]).abs(), (v_idle - target_unit[0]).abs()) > threshold
