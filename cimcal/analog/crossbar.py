@@ -211,6 +211,7 @@ def tiled_adc_mvm(
     compiled: bool,
     want_mask: bool,
     reuse_buffer: bool = False,
+    calibrate: tuple[torch.Tensor, float, float] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Sum over tiles of the ADC read-back of each tile's partial sums, times ``row_scale * scale`` per output.
 
@@ -218,12 +219,15 @@ def tiled_adc_mvm(
     index on dim 1 (linear: (N, O); conv: (N, O, H, W)), as a new tensor when ``out`` is None, else into
     ``out`` (passed only if ``reuse_buffer``: one buffer serves every tile after the first). One tile exists
     at a time besides the accumulator, which is the first tile's tensor converted in place. ``adc``: the code
-    table ``codes`` and the layer's per-output constants (:func:`cimcal.analog.converters.adc_columns`), or
-    None for an ideal converter. The read-back goes straight to output units: the output scale (the layer's
+    table ``codes`` (and its step table ``steps``, ``step_base`` or None: the kernel reads that instead, same
+    values), the layer's per-output constants (:func:`cimcal.analog.converters.adc_columns`); or None for an
+    ideal converter. The read-back goes straight to output units: the output scale (the layer's
     ``w_max`` (O,) times its input full scale) is folded into the per-output read-back constants. Random bits
-    from the Philox ``stream`` (key, nonce): tile t's row a draws row ``t * N + a``. Returns (y, bool mask (T, N, O, ...) of the conversions whose
-    gradient passes (not saturated) or None, the calibration sample of every tile's partial sums in one tensor
-    (:func:`sample_plan`; None for an ideal converter)).
+    from the Philox ``stream`` (key, nonce): tile t's row a draws row ``t * N + a``. ``calibrate`` = (running value,
+    percentile, momentum): fold the sample into the running value as :func:`running_percentile` does, inside the
+    last tile's kernel call where it runs (one call less per layer). Returns (y, bool mask (T, N, O, ...) of the
+    conversions whose gradient passes (not saturated) or None, the calibration sample of every tile's partial sums
+    in one tensor (:func:`sample_plan`; None for an ideal converter, and None once ``calibrate`` folded it in)).
     """
     acc: torch.Tensor | None = None
     buffer: torch.Tensor | None = None
@@ -264,14 +268,19 @@ def tiled_adc_mvm(
             per_tile = starts.numel() * line
             stats = psum.new_empty(len(psum_tiles) * per_tile)
             if use_kernels(compiled, psum, row_scale):
+                steps = adc.get("steps")
                 converter = kernels.AdcConverter(
                     adc["col_base"], adc["col_gain"], adc["col_offset"], row_scale, factor, grid_scale, grid_shift,
                     psum_scale, interpolate, n_points, adc["codes"], key, nonce, want_mask, (starts, line, stats),
+                    None if steps is None else (steps, adc["step_base"]),
                 )
         target = psum if first else acc
         row0 = t * psum.shape[0]
         if converter is not None and psum.is_contiguous() and target.is_contiguous():
-            passes = converter(target, psum, not first, row0, t * per_tile)
+            fold = None if calibrate is None or t < len(psum_tiles) - 1 else (*calibrate, *sample_plan(stats.numel()))
+            passes = converter(target, psum, not first, row0, t * per_tile, fold)
+            if fold is not None:
+                stats = None  # folded into the running value
         else:
             stats[t * per_tile : (t + 1) * per_tile] = stats_sample(psum)
             out_scale = row_scale * factor

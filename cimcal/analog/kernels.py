@@ -579,10 +579,27 @@ def _table_index(p, r, cb, grid_scale, grid_shift, interp, last):  # noqa: ANN00
     return cb + point * 256 + (r & 255)
 
 
+_LANE_TOP = np.uint64(0x8000800080008000)
+_LANE_ONE = np.uint64(0x0001000100010001)
+
+
+@njit(inline="always", cache=_CACHE)
+def _steps_below(ix, word):  # noqa: ANN001
+    """How many of the 4 step knots in ``word`` (16-bit lanes, converters.step_table) are at most the knot of
+    table index ``ix`` (its low byte): per lane, bit 15 of ``(knot | 0x8000) - t`` is set iff knot >= t (no
+    borrow crosses a lane: t <= 256). Branch-free; the lanes' bits are summed by two shifted adds."""
+    k = ((ix & _U(255)) | _U(0x8000)) * _LANE_ONE
+    d = ((k - word) & _LANE_TOP) >> np.uint64(15)
+    d += d >> np.uint64(32)
+    d += d >> np.uint64(16)
+    return np.int32(d & np.uint64(0xFFFF))
+
+
 @njit(inline="always", cache=_CACHE)
 def _adc_row(acc, psum, ua, accumulate, col_base, deq_gain, deq_offset, grid_scale, grid_shift, limit, interp, last,  # noqa: ANN001
-             codes, passes, want_passes, words, index, code):
-    """Convert row ``ua`` of psum (its random bits in ``words``; ``index`` and ``code`` are scratch)."""
+             codes, steps, step_base, stepped, passes, want_passes, words, index, code):
+    """Convert row ``ua`` of psum (its random bits in ``words``; ``index`` and ``code`` are scratch). Codes come
+    from the step table ``steps`` / ``step_base`` if ``stepped``, else from the full table ``codes``."""
     _, n_out, inner = psum.shape
     row = n_out * inner
     if inner == 1:  # linear layers: flat loops (a nested loop of length 1 costs 3x)
@@ -594,8 +611,14 @@ def _adc_row(acc, psum, ua, accumulate, col_base, deq_gain, deq_offset, grid_sca
             for b in range(_U(inner)):
                 q = j * _U(inner) + b
                 index[q] = _table_index(psum[ua, j, b], np.int32(words[q]), cb, grid_scale, grid_shift, interp, last)
-    for q in range(_U(row)):
-        code[q] = np.float32(codes[_U(index[q])])
+    if stepped:  # the step table: a row's first code plus its steps at or below the knot
+        for q in range(_U(row)):
+            ix = _U(index[q])
+            r = ix >> _U(8)
+            code[q] = np.float32(np.int32(step_base[r]) + _steps_below(ix, steps[r]))
+    else:
+        for q in range(_U(row)):
+            code[q] = np.float32(codes[_U(index[q])])
     if inner == 1 and not want_passes:  # the training hot path: branch-free loops
         if accumulate:
             for j in range(_U(n_out)):
@@ -618,7 +641,8 @@ def _adc_row(acc, psum, ua, accumulate, col_base, deq_gain, deq_offset, grid_sca
 
 @_Kernel
 def _adc(acc, psum, psum_flat, accumulate, row0, stats0, passes, col_base, col_gain, col_offset, row_scale, factor,  # noqa: ANN001
-         grid_scale, grid_shift, limit, interp, n_points, codes, key, nonce, want_passes, starts, line, stats):
+         grid_scale, grid_shift, limit, interp, n_points, codes, steps, step_base, stepped, key, nonce, want_passes, starts,
+         line, stats, fold, fold_starts, fold_line, percentile, state, momentum):
     n, n_out, inner = psum.shape
     last = np.int32(n_points - 1)
     row = n_out * inner
@@ -639,12 +663,17 @@ def _adc(acc, psum, psum_flat, accumulate, row0, stats0, passes, col_base, col_g
         for a in range(blk * per, min(n, (blk + 1) * per)):
             _fill_row_bits(words64, row0 + a, nonce, key)
             _adc_row(acc, psum, _U(a), accumulate, col_base, deq_gain, deq_offset, grid_scale, grid_shift, limit, interp,
-                     last, codes, passes, want_passes, words, index, code)
+                     last, codes, steps, step_base, stepped, passes, want_passes, words, index, code)
+    if fold:  # the whole sample, into the running calibration value (running_kth)
+        _running_kth(stats, fold_starts, fold_line, percentile, state, momentum, True)
 
 
 _NO_STARTS = torch.empty(0, dtype=torch.int64)
 _NO_STATS = torch.empty(0, dtype=torch.float32)
 _NO_PASSES = np.empty((0, 0, 0), np.bool_)
+_NO_STEPS = np.zeros(1, np.uint64)
+_NO_STARTS_NP = np.zeros(1, np.int64)
+_NO_STATE = np.zeros(1, np.float32)
 
 
 class AdcConverter:
@@ -655,6 +684,8 @@ class AdcConverter:
     ``(starts, line, stats)``: each call first copies the lines ``psum.view(-1)[starts[b] : starts[b] + line]``
     into ``stats`` at the given offset (the calibration sample, taken before ``acc`` overwrites a psum converted
     in place). The conversion is :func:`cimcal.analog.converters.adc_convert_tile`'s, with Philox random bits.
+    ``steps``: the same code table as a step table, (words, first codes) of
+    :func:`cimcal.analog.converters.step_table`, read instead of ``codes`` (same values, a few percent of the bytes).
     """
 
     def __init__(
@@ -674,23 +705,39 @@ class AdcConverter:
         nonce: int,
         want_passes: bool,
         sample: tuple[torch.Tensor, int, torch.Tensor] | None = None,
+        steps: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
         starts, line, stats = sample if sample is not None else (_NO_STARTS, 0, _NO_STATS)
         self.want_passes = want_passes
+        codes_np = _np(codes)
+        if steps is None:  # codes stands in for the first codes: the same dtype, one compilation
+            step_words, step_base = _NO_STEPS, codes_np
+        else:
+            step_words, step_base = _np(steps[0]).view(np.uint64), _np(steps[1])
         self._const = (
             _np(col_base), _np(col_gain), _np(col_offset), _np(row_scale), np.float32(factor), np.float32(grid_scale),
-            np.float32(grid_shift), np.float32(limit), np.float32(1.0 if interpolate else 0.0), n_points, _np(codes),
-            np.uint64(key), np.uint64(nonce), want_passes, _np(starts), line, _np(stats),
+            np.float32(grid_shift), np.float32(limit), np.float32(1.0 if interpolate else 0.0), n_points, codes_np,
+            step_words, step_base, steps is not None, np.uint64(key), np.uint64(nonce), want_passes, _np(starts), line, _np(stats),
         )
 
-    def __call__(self, acc: torch.Tensor, psum: torch.Tensor, accumulate: bool, row0: int = 0, stats0: int = 0) -> torch.Tensor | None:
+    def __call__(
+        self, acc: torch.Tensor, psum: torch.Tensor, accumulate: bool, row0: int = 0, stats0: int = 0,
+        calibrate: tuple[torch.Tensor, float, float, torch.Tensor, int] | None = None,
+    ) -> torch.Tensor | None:
         """Convert ``psum`` (N, O, ...; C-contiguous) into ``acc`` (same shape; ``+=`` if ``accumulate``, else ``=``; ``acc`` may be
         ``psum`` itself); returns the bool mask of unsaturated conversions if asked. Row ``a`` of psum draws its
         random bits as row ``row0 + a`` of the (key, nonce) stream, so the tiles of one layer call share one key;
-        the sample goes to ``stats[stats0:]``."""
+        the sample goes to ``stats[stats0:]``. ``calibrate`` = (running value: a 0-dim float32 tensor, percentile,
+        momentum, starts, line): then fold the lines ``starts``/``line`` of the whole sample into it, as
+        :func:`running_kth` with ``update=True`` (in the last tile's call, once the sample is complete)."""
         passes = torch.empty(psum.shape, dtype=torch.bool) if self.want_passes else None
         shape = (psum.shape[0], psum.shape[1], math.prod(psum.shape[2:]))  # (N, O, inner); N may be 0
         psum_np = _np(psum)
+        if calibrate is None:
+            fold = (False, _NO_STARTS_NP, 0, 0.0, _NO_STATE, 0.0)
+        else:
+            state, percentile, momentum, fold_starts, fold_line = calibrate
+            fold = (True, _np(fold_starts), fold_line, float(percentile), _np(state).reshape(1), float(momentum))
         _adc(psum.numel(), _np(acc).reshape(shape), psum_np.reshape(shape), psum_np.reshape(-1), accumulate, row0, stats0,
-             _NO_PASSES if passes is None else passes.numpy().reshape(shape), *self._const)
+             _NO_PASSES if passes is None else passes.numpy().reshape(shape), *self._const, *fold)
         return passes

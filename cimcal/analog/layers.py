@@ -170,8 +170,8 @@ class AnalogLayer:
                      "threshold_unit", "bounds_read", "bounds_programmed"):
             value = None if cond is None else getattr(cond, name).to(device)
             self.register_buffer(f"lut_{name}", value, persistent=False)
-        for name in ("codes", "deq_offset", "deq_gain", "sigma_lsb"):
-            value = None if adc is None else getattr(adc, name).to(device)
+        for name in ("codes", "steps", "step_base", "deq_offset", "deq_gain", "sigma_lsb"):
+            value = None if adc is None or getattr(adc, name) is None else getattr(adc, name).to(device)
             self.register_buffer(f"adc_{name}", value, persistent=False)
         columns = None if adc is None else adc_columns(adc, self.weight.shape[0])
         for name in ("col_base", "col_gain", "col_offset"):
@@ -204,11 +204,13 @@ class AnalogLayer:
         """Crossbar rows per tile (from the config)."""
         return self.config.tile_rows
 
-    def _tables(self, prefix: str, names: tuple[str, ...]) -> dict[str, torch.Tensor] | None:
-        first = getattr(self, f"{prefix}{names[0]}")
-        if first is None:
+    def _tables(self, prefix: str, names: tuple[str, ...]) -> dict[str, torch.Tensor | None] | None:
+        """The buffers ``prefix + name`` by name (None without the first: no such model), read from ``_buffers``
+        directly (``Module.__getattr__`` costs ~1 us a name, every forward)."""
+        buffers = self._buffers
+        if buffers[prefix + names[0]] is None:
             return None
-        return {name: getattr(self, f"{prefix}{name}") for name in names}
+        return {name: buffers[prefix + name] for name in names}
 
     # ---------------------------------------------------------------- calibration
     def _updating(self) -> bool:
@@ -285,14 +287,17 @@ class AnalogLayer:
 
     def _convert(
         self, psum_tiles: list[Any], w_max: torch.Tensor, full_scale: float, stream: tuple[int, int],
-        reuse_buffer: bool = False,
+        reuse_buffer: bool = False, calibrate: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """:func:`tiled_adc_mvm` with the layer's tables; ``calibrate``: the call's sample is the whole batch's,
+        fold it into the running psum scale there if training or calibrating (the stats come back None then)."""
         cfg = self.config
-        adc = self._tables("adc_", ("codes", "col_base", "col_gain", "col_offset"))
+        adc = self._tables("adc_", ("codes", "steps", "step_base", "col_base", "col_gain", "col_offset"))
         psum_scale = self._psum_scale(psum_tiles) if adc is not None else 1.0
+        fold = (self.psum_scale_, cfg.psum_percentile, cfg.calib_momentum) if calibrate and self._updating() else None
         return tiled_adc_mvm(
             psum_tiles, adc, self.adc_geometry, psum_scale, w_max, full_scale, stream, cfg.compile,
-            cfg.adc_grad == "saturation_mask", reuse_buffer,
+            cfg.adc_grad == "saturation_mask", reuse_buffer, fold,
         )
 
     def _update_psum_scale(self, stats: torch.Tensor | None) -> None:
@@ -315,7 +320,8 @@ class AnalogLayer:
             (lambda out=None, rows=rows: torch.mm(xq[:, rows], wn[:, rows].T, out=out))
             for rows in tile_slices(x2d.shape[1], cfg.tile_rows)
         ]
-        y, mask, stats = self._convert(psum_tiles, w_max, full_scale, kernels.substream(stream, 1), reuse_buffer=True)
+        y, mask, stats = self._convert(psum_tiles, w_max, full_scale, kernels.substream(stream, 1), reuse_buffer=True,
+                                       calibrate=True)
         self._update_psum_scale(stats)
         mask = None if mask is None else pack_bits(mask)
         return y, mask, (wn.mul_(w_max[:, None]) if cfg.grad_x_weight == "noisy" else None)
@@ -343,13 +349,15 @@ class AnalogLayer:
         # one chunk: its result is the output; an empty batch has no chunk
         y = x.new_empty(n, out_ch, oh, ow) if per_chunk < n or n == 0 else None
         masks, stats = [], []
+        one_chunk = per_chunk >= n
         for chunk, start in enumerate(range(0, n, per_chunk)):
             xq = xq_all[start : start + per_chunk]
             psum_tiles = [
                 (lambda out=None, cs=cs, xq=xq: F.conv2d(xq[:, cs], wn[:, cs], None, stride, padding, dilation))
                 for cs in groups
             ]
-            y_chunk, mask, chunk_stats = self._convert(psum_tiles, w_max, full_scale, kernels.substream(stream, 1 + chunk))
+            y_chunk, mask, chunk_stats = self._convert(psum_tiles, w_max, full_scale, kernels.substream(stream, 1 + chunk),
+                                                       calibrate=one_chunk)
             if y is None:
                 y = y_chunk
             else:

@@ -284,3 +284,121 @@ def test_a_nan_batch_does_not_break_the_layers_calibration(fitted_profile, compi
     assert all(v > 0 and v == v for v in (float(layer.input_range_), float(layer.psum_scale_)))
     assert float(layer.input_range_) == pytest.approx(scales[0], rel=0.5)
     assert bool(layer(x).isfinite().all())  # later batches are unharmed
+
+
+def _narrow_codes(codes: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """A code table whose rows span at most 4 codes (each row clamped above its first code + 4: still sorted)."""
+    rows = codes.view(n_rows, 256).to(torch.int32)
+    return torch.minimum(rows, rows[:, :1] + 4).to(codes.dtype).reshape(-1)
+
+
+def test_the_step_table_holds_the_same_codes():
+    """Steps of one code, a jump of several codes at one knot, steps at the first and last knots, a constant row,
+    a row spanning exactly 4 codes, int16 codes: every knot decodes to the full table's code. Unsorted rows and
+    rows spanning 5 codes get no step table."""
+    from cimcal.analog.converters import step_table
+
+    rows = torch.zeros(6, 256, dtype=torch.int32)
+    rows[0] = 7
+    rows[1, 1:] = 1
+    rows[1, 255] = 4  # +1 at knot 1, +3 at knot 255
+    rows[2] = 200
+    rows[2, 100:] = 202  # a missing code: +2 at one knot
+    rows[2, 180:] = 203
+    rows[3] = 30 + (torch.arange(256) >= 64).int() + (torch.arange(256) >= 128).int() + (torch.arange(256) >= 192).int()
+    rows[4] = 251 + torch.arange(256) // 52  # 251 .. 255: spans 4
+    rows[5] = 1000
+    rows[5, 17:] = 1001
+    for dtype, picked in ((torch.uint8, rows[:5]), (torch.int16, rows)):
+        codes = picked.to(dtype).reshape(-1)
+        words, base = step_table(codes, picked.shape[0])
+        assert words.dtype == torch.int64 and base.dtype == dtype
+        knots = torch.arange(256)
+        lanes = [(words[:, None] >> (16 * i)) & 0xFFFF for i in range(4)]
+        decoded = base[:, None].to(torch.int64) + sum((knots[None, :] >= t).to(torch.int64) for t in lanes)
+        assert torch.equal(decoded, picked.to(torch.int64))
+    wide = rows[:1].clone()
+    wide[0, 128:] = 12  # spans 5 codes
+    assert step_table(wide.to(torch.uint8).reshape(-1), 1) is None
+    unsorted = rows[3:4].flip(1)
+    assert step_table(unsorted.to(torch.uint8).reshape(-1), 1) is None
+
+
+def test_only_large_tables_get_a_step_table():
+    from cimcal.analog.converters import STEP_TABLE_MIN_BYTES, _steps_of
+
+    def table(n_bytes: int) -> torch.Tensor:
+        rows = n_bytes // 256
+        return (torch.arange(256).repeat(rows, 1) // 128).to(torch.uint8).reshape(-1)  # each row spans 1 code
+
+    small, large = table(STEP_TABLE_MIN_BYTES), table(STEP_TABLE_MIN_BYTES + 256)
+    assert _steps_of(small, small.numel() // 256) == {"steps": None, "step_base": None}
+    steps = _steps_of(large, large.numel() // 256)
+    assert steps["steps"].numel() == large.numel() // 256
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_step_table_kernel_equals_the_full_table(fitted_profile, threads):
+    """The ADC kernel reading the step table gives the full table's values bit for bit (serial and parallel calls,
+    NaN and infinite partial sums included), and both equal the eager reference."""
+    from cimcal.analog.converters import adc_columns, step_table
+    from cimcal.analog.crossbar import tiled_adc_mvm
+    from cimcal.analog.layers import profile_tables
+
+    torch.set_num_threads(threads)  # the autouse fixture restores it
+    _, adc = profile_tables(fitted_profile, None)
+    n_rows = adc.cols.numel() * adc.n_points
+    codes = _narrow_codes(adc.codes, n_rows)
+    steps, base = step_table(codes, n_rows)
+    psum = torch.randn(300, 700, generator=torch.Generator().manual_seed(5)) * 0.6
+    psum[3, :3] = torch.tensor([float("nan"), float("inf"), -float("inf")])
+    geometry = (adc.x_lo, adc.x_hi, adc.grid_x0, adc.grid_step, adc.n_points, adc.interpolate)
+    out_scale = torch.rand(psum.shape[1], generator=torch.Generator().manual_seed(7)) + 0.5
+    columns = adc_columns(adc, psum.shape[1])
+    results = []
+    for compiled, table in ((False, {"steps": None}), (True, {"steps": None}), (True, {"steps": steps, "step_base": base})):
+        tiles = [lambda out=None: psum.clone(), lambda out=None: psum.flip(0) if out is None else out.copy_(psum.flip(0))]
+        results.append(tiled_adc_mvm(tiles, {"codes": codes, **table, **columns}, geometry, 1.0, out_scale, 0.7,
+                                     (12345, 0xFFFF0000), compiled, want_mask=True, reuse_buffer=True))
+    (y_eager, mask_eager, _), (y_full, mask_full, _), (y_steps, mask_steps, _) = results
+    assert torch.equal(y_full.nan_to_num(7.0), y_steps.nan_to_num(7.0)) and torch.equal(mask_full, mask_steps)
+    assert torch.equal(y_steps.isnan(), y_eager.isnan())
+    assert torch.allclose(y_eager.nan_to_num(7.0), y_steps.nan_to_num(7.0), rtol=1e-6, atol=1e-6)
+
+
+def test_layers_convert_through_their_step_table(fitted_profile):
+    """A layer bound to a step table (as set_profile binds one for a large table) gives the same outputs as a twin
+    reading the full table."""
+    from cimcal.analog.converters import step_table
+
+    outputs = []
+    for stepped in ("full", "steps", "steps, first codes + 1"):
+        layer, x = _pair(AnalogLinear, fitted_profile, "every_forward", True, tile_rows=64)
+        n_rows = layer.adc_codes.numel() // 256
+        layer.adc_codes = _narrow_codes(layer.adc_codes, n_rows)
+        if stepped != "full":
+            layer.adc_steps, layer.adc_step_base = step_table(layer.adc_codes, n_rows)
+            if stepped.endswith("+ 1"):  # the step table is what the layer reads
+                layer.adc_step_base = layer.adc_step_base + 1
+        outputs.append(layer(x).detach())
+    assert torch.equal(outputs[0], outputs[1]) and not torch.equal(outputs[0], outputs[2])
+
+
+@pytest.mark.parametrize("layer_cls", [AnalogLinear, AnalogConv2d])
+def test_the_folded_calibration_equals_the_separate_update(fitted_profile, layer_cls):
+    """The compiled path folds the partial-sum calibration into the last tile's conversion call; the eager path
+    updates it in a call of its own. Over several training batches the running values agree exactly, and they
+    move (momentum), so the fold ran every batch; in eval mode they stay."""
+    scales = []
+    for compiled in (False, True):
+        layer, x = _pair(layer_cls, fitted_profile, "every_forward", compiled, tile_rows=64)
+        seen = []
+        for batch in range(4):
+            layer(x * (1.0 + 0.5 * batch))
+            seen.append(float(layer.psum_scale_))
+        layer.eval()
+        layer(x * 3.0)
+        assert float(layer.psum_scale_) == seen[-1]
+        scales.append(seen)
+    assert scales[0] == scales[1]
+    assert len(set(scales[1])) == 4
