@@ -342,14 +342,51 @@ def _fine(v, top):  # noqa: ANN001
 # Each row runs in phases: index arithmetic (vectorizes), then the table gathers alone in a tight loop (many
 # loads in flight), then the arithmetic on the gathered values. Fused into one loop the same work costs ~3x.
 
+_MAX_LEVEL_STEPS = 16
+
+
+@njit(cache=_CACHE)
+def _level_steps(level_of_fine):  # noqa: ANN001
+    """``level_of_fine`` as its first level and the fine indices where it steps up by one (a jump of several
+    levels repeats its index), if it never steps down and steps at most ``_MAX_LEVEL_STEPS`` times; else an
+    empty array and -1 (the lookup is then a gather). The nearest-target map of sorted targets is such a
+    staircase: a device's level is then the first level plus the count of steps at or below its fine index."""
+    n = level_of_fine.size
+    base = level_of_fine[0] if n > 0 else np.int32(0)
+    count = 0
+    for f in range(1, n):
+        d = level_of_fine[f] - level_of_fine[f - 1]
+        if d < 0:
+            return np.empty(0, np.int32), np.int32(-1)
+        count += d
+    if count > _MAX_LEVEL_STEPS:
+        return np.empty(0, np.int32), np.int32(-1)
+    steps = np.empty(count, np.int32)
+    k = 0
+    for f in range(1, n):
+        for _ in range(level_of_fine[f] - level_of_fine[f - 1]):
+            steps[k] = f
+            k += 1
+    return steps, np.int32(base)
+
+
 @njit(inline="always", cache=_CACHE)
-def _row_levels(w, ui, s, cols, level_of_fine, fine, level):  # noqa: ANN001
-    """Level of the active device of each pair of row ``ui`` (scaled by ``s``)."""
+def _row_levels(w, ui, s, cols, level_of_fine, fine, level, lv):  # noqa: ANN001
+    """Level of the active device of each pair of row ``ui`` (scaled by ``s``); ``lv``: :func:`_level_steps`."""
     top = np.float32(level_of_fine.size - 1)
     for j in range(_U(cols)):
         fine[j] = _fine(w[ui, j] * s, top)
-    for j in range(_U(cols)):
-        level[j] = level_of_fine[_U(fine[j])]
+    steps, base = lv
+    if base >= 0:  # count the steps: one vectorized compare-and-add pass each, no gather
+        for j in range(_U(cols)):
+            level[j] = base
+        for k in range(steps.size):
+            step = steps[k]
+            for j in range(_U(cols)):
+                level[j] += np.int32(fine[j] >= step)
+    else:
+        for j in range(_U(cols)):
+            level[j] = level_of_fine[_U(fine[j])]
 
 
 @njit(inline="always", cache=_CACHE)
@@ -454,13 +491,13 @@ def _pair_scratch(cols):  # noqa: ANN001
 
 
 @njit(inline="always", cache=_CACHE)
-def _row_reads(w, i, w_max, level_of_fine, read_unit, key, nonce, scratch):  # noqa: ANN001
+def _row_reads(w, i, w_max, level_of_fine, lv, read_unit, key, nonce, scratch):  # noqa: ANN001
     """Row ``i``: its scale (returned), random bits, levels and both devices' reads of every pair (in scratch)."""
     words64, words, fine, level, g_active, g_idle = scratch
     cols = w.shape[1]
     s = _row_scale(w, _U(i), cols, w_max)
     _fill_row_bits(words64, i, nonce, key)
-    _row_levels(w, _U(i), s, cols, level_of_fine, fine, level)
+    _row_levels(w, _U(i), s, cols, level_of_fine, fine, level, lv)
     _gather_pairs(words, level, read_unit, g_active, g_idle, cols)
     return s
 
@@ -468,12 +505,13 @@ def _row_reads(w, i, w_max, level_of_fine, read_unit, key, nonce, scratch):  # n
 @_Kernel
 def _pairs(w, level_of_fine, read_unit, key, nonce, out, w_max):  # noqa: ANN001
     rows, cols = out.shape
+    lv = _level_steps(level_of_fine)
     per, blocks = _block_rows(rows, cols)
     for blk in prange(blocks):
         scratch = _pair_scratch(cols)
         g_active, g_idle = scratch[4], scratch[5]
         for i in range(blk * per, min(rows, (blk + 1) * per)):
-            s = _row_reads(w, i, w_max, level_of_fine, read_unit, key, nonce, scratch)
+            s = _row_reads(w, i, w_max, level_of_fine, lv, read_unit, key, nonce, scratch)
             _write_pairs(w, _U(i), s, g_active, g_idle, out, cols)
 
 
@@ -481,13 +519,14 @@ def _pairs(w, level_of_fine, read_unit, key, nonce, out, w_max):  # noqa: ANN001
 def _pairs_compensated(w, level_of_fine, read_unit, key, nonce, out, w_max, target, threshold, bounds):  # noqa: ANN001
     """:func:`_pairs` with pair compensation (its own kernel: the plain one keeps its code)."""
     rows, cols = out.shape
+    lv = _level_steps(level_of_fine)
     per, blocks = _block_rows(rows, cols)
     for blk in prange(blocks):
         scratch = _pair_scratch(cols)
         _, words, _, level, g_active, g_idle = scratch
         flags = np.empty(cols, np.uint8)
         for i in range(blk * per, min(rows, (blk + 1) * per)):
-            s = _row_reads(w, i, w_max, level_of_fine, read_unit, key, nonce, scratch)
+            s = _row_reads(w, i, w_max, level_of_fine, lv, read_unit, key, nonce, scratch)
             if _flag_candidates(words, bounds, flags, cols):
                 for j in range(_U(cols)):
                     if flags[j]:
@@ -504,6 +543,7 @@ def _pairs_compensated(w, level_of_fine, read_unit, key, nonce, out, w_max, targ
 def _pairs_instance(w, ranks, level_of_fine, programmed_unit, read_noise_unit, key, nonce, out, w_max, target,  # noqa: ANN001
                     threshold, bounds, compensate):
     rows, cols = out.shape
+    lv = _level_steps(level_of_fine)
     per, blocks = _block_rows(rows, cols)
     for blk in prange(blocks):
         words64, fine, level = _words(cols), np.empty(cols, np.int32), np.empty(cols, np.int32)
@@ -512,7 +552,7 @@ def _pairs_instance(w, ranks, level_of_fine, programmed_unit, read_noise_unit, k
             ui = _U(i)
             s = _row_scale(w, ui, cols, w_max)
             _fill_row_bits(words64, i, nonce, key)
-            _row_levels(w, ui, s, cols, level_of_fine, fine, level)
+            _row_levels(w, ui, s, cols, level_of_fine, fine, level, lv)
             for j in range(_U(cols)):
                 r = _U(words[j])
                 row = _U(level[j]) * _U(256)

@@ -402,3 +402,34 @@ def test_the_folded_calibration_equals_the_separate_update(fitted_profile, layer
         scales.append(seen)
     assert scales[0] == scales[1]
     assert len(set(scales[1])) == 4
+
+
+def _level_maps() -> dict[str, torch.Tensor]:
+    fine = torch.arange(1024)
+    return {
+        "staircase": (fine * 8 // 1024).to(torch.int32),
+        "skips a level, starts at 1": torch.where(fine < 300, 1, torch.where(fine < 700, 3, 7)).to(torch.int32),
+        "steps down": torch.where((fine > 400) & (fine < 500), 2, fine * 4 // 1024).to(torch.int32),
+        "17 steps": (fine * 18 // 1024).to(torch.int32),
+    }
+
+
+@pytest.mark.parametrize("name", list(_level_maps()))
+def test_pair_levels_by_counting_steps_equal_the_lookup(name):
+    """The pair kernels find a device's level by counting the lookup's steps below its fine index (a staircase of
+    at most 16 steps) or by the lookup itself (otherwise): both give the eager path's weights bit for bit."""
+    from cimcal.analog.crossbar import sample_unit_weight
+
+    level_of_fine = _level_maps()[name]
+    n_levels = int(level_of_fine.max()) + 1
+    steps, base = kernels._level_steps(level_of_fine.numpy())
+    staircase = name in ("staircase", "skips a level, starts at 1")
+    assert (base >= 0) == staircase
+    if staircase:  # the staircase decodes to the lookup
+        counted = base + (torch.arange(1024)[:, None] >= torch.from_numpy(steps)[None, :]).sum(dim=1)
+        assert torch.equal(counted.to(torch.int32), level_of_fine)
+    read_unit = torch.rand(n_levels * 256, generator=torch.Generator().manual_seed(0)) + torch.arange(n_levels).repeat_interleave(256)
+    tables = {"level_of_fine": level_of_fine, "read_unit": read_unit}
+    w = torch.randn(64, 300, generator=torch.Generator().manual_seed(1))
+    got = [sample_unit_weight(w, tables, None, (77, 5), compiled) for compiled in (False, True)]
+    assert torch.equal(got[0][0], got[1][0]) and torch.equal(got[0][1], got[1][1])
