@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from cimcal.analog.kernels import STEP_LANES  # the lanes the ADC kernel reads
 from cimcal.errors import ProfileError
 
 __all__ = [
@@ -28,7 +29,6 @@ __all__ = [
 ]
 
 N_KNOTS = 256
-STEP_LANES = 4  # step knots per 64-bit word of a step table (16-bit lanes)
 STEP_TABLE_MIN_BYTES = 1 << 20  # full tables up to a core's L2 cache stay: a gather from them is cheaper
 _MAX_TABLE_SAMPLES = 1 << 21
 _POINTS_PER_CODE = 4  # at most 4 grid points per LSB, linear interpolation between them
@@ -163,11 +163,12 @@ def step_table(codes: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, torch.Te
     rise = rows - rows[:, :1]
     if int(rise[:, -1].max()) > STEP_LANES:
         return None
-    steps = torch.arange(1, STEP_LANES + 1, dtype=torch.int32)
-    # the first knot at least j codes above the first: in a sorted row, the number of knots below that
-    t = (rise[:, None, :] < steps[None, :, None]).sum(dim=2).to(torch.int64)  # (n_rows, lanes); 256 = never
-    words = (t << (torch.arange(STEP_LANES, dtype=torch.int64) * 16)).sum(dim=1)  # lanes < 2**9: no carries
-    return words.contiguous(), table[:, 0].contiguous()
+    words = torch.zeros(n_rows, dtype=torch.int64)
+    for lane in range(STEP_LANES):
+        # the first knot at least lane + 1 codes above the first: in a sorted row, the number of knots below
+        # that (256: never); lanes < 2**9, so no carries
+        words |= (rise < lane + 1).sum(dim=1, dtype=torch.int64) << (16 * lane)
+    return words, table[:, 0].contiguous()
 
 
 def adc_columns(adc: AdcTables, n_out: int) -> dict[str, torch.Tensor]:

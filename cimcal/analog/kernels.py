@@ -450,18 +450,18 @@ def _flag_candidates(words, bounds, flags, cols):  # noqa: ANN001
 
 
 @njit(inline="always", cache=_CACHE)
-def _move(v_active, v_idle, lv, target, threshold):  # noqa: ANN001
+def _move(v_active, v_idle, active_level, target, threshold):  # noqa: ANN001
     """mapping.compensate_pairs for one pair: (new active level, new idle level), -1 = stays. The common case
     (both devices within ``threshold`` of their targets) costs two compares."""
-    e_active = v_active - target[lv]
+    e_active = v_active - target[active_level]
     e_idle = v_idle - target[0]
     if not max(abs(e_active), abs(e_idle)) > threshold:
         return np.int32(-1), np.int32(-1)
     if abs(e_active) >= abs(e_idle):
         new = _nearest_level(target, target[0] + e_active)
         return np.int32(-1), (new if new != 0 else np.int32(-1))
-    new = _nearest_level(target, target[lv] + e_idle)
-    return (new if new != lv else np.int32(-1)), np.int32(-1)
+    new = _nearest_level(target, target[active_level] + e_idle)
+    return (new if new != active_level else np.int32(-1)), np.int32(-1)
 
 
 @njit(inline="always", cache=_CACHE)
@@ -619,7 +619,8 @@ def _table_index(p, r, cb, grid_scale, grid_shift, interp, last):  # noqa: ANN00
     return cb + point * 256 + (r & 255)
 
 
-_LANE_TOP = np.uint64(0x8000800080008000)
+STEP_LANES = 4  # step knots a word of an ADC step table holds (16-bit lanes): converters.step_table fills them
+_LANE_TOP = np.uint64(0x8000800080008000)  # bit 15 of each of the 4 lanes
 _LANE_ONE = np.uint64(0x0001000100010001)
 
 

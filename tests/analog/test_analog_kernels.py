@@ -433,3 +433,39 @@ def test_pair_levels_by_counting_steps_equal_the_lookup(name):
     w = torch.randn(64, 300, generator=torch.Generator().manual_seed(1))
     got = [sample_unit_weight(w, tables, None, (77, 5), compiled) for compiled in (False, True)]
     assert torch.equal(got[0][0], got[1][0]) and torch.equal(got[0][1], got[1][1])
+
+
+@pytest.mark.parametrize("last_contiguous", [True, False])
+def test_the_fold_in_a_parallel_call_equals_running_percentile(fitted_profile, last_contiguous):
+    """Large tiles (parallel kernel calls, a subsampled calibration sample of a subsampled sample): the running value
+    folded in the last tile's call equals running_percentile over the sample. A last tile that takes the eager path
+    (not contiguous) cannot fold: the sample comes back and the running value is untouched, for the layer to
+    update; never both, never neither."""
+    from cimcal.analog.converters import adc_columns
+    from cimcal.analog.crossbar import running_percentile, tiled_adc_mvm
+    from cimcal.analog.layers import profile_tables
+
+    torch.set_num_threads(2)  # the autouse fixture restores it
+    _, adc = profile_tables(fitted_profile, None)
+    psum = torch.randn(300, 700, generator=torch.Generator().manual_seed(5)) * 0.6
+    assert psum.numel() >= kernels._Kernel.PARALLEL_MIN
+    geometry = (adc.x_lo, adc.x_hi, adc.grid_x0, adc.grid_step, adc.n_points, adc.interpolate)
+    tables = {"codes": adc.codes, "steps": None} | adc_columns(adc, psum.shape[1])
+    last = psum.flip(0) if last_contiguous else psum.flip(0).T.contiguous().T  # same values, column-major
+    tiles = [lambda out=None: psum.clone(), lambda out=None: last.clone() if last_contiguous else last]
+    scale = torch.rand(700, generator=torch.Generator().manual_seed(7)) + 0.5
+    states, results = [], []
+    for calibrate in (True, False):
+        state = torch.tensor(0.3)
+        results.append(tiled_adc_mvm(tiles, tables, geometry, 1.0, scale, 0.7, (1, 2), True, want_mask=False,
+                                     reuse_buffer=False, calibrate=(state, 99.5, 0.25) if calibrate else None))
+        states.append(state)
+    (y_folded, _, left), (y, _, stats) = results
+    assert stats.numel() >= 2 * 16384  # the sample itself is subsampled again
+    assert torch.equal(y_folded, y)
+    untouched = float(torch.tensor(0.3))
+    running_percentile(states[1], stats, 99.5, 0.25, True)
+    if last_contiguous:
+        assert left is None and float(states[0]) == float(states[1]) != untouched
+    else:
+        assert torch.equal(left, stats) and float(states[0]) == untouched
