@@ -105,6 +105,11 @@ class ChipRunner:
             for slot in self.plan.slots:
                 self.ensure(slot)
 
+    def _chunks(self, slot: SlotPlan) -> list[tuple[int, slice]]:
+        """The slot's programming chunks, (index, cell range): the units the state file stamps."""
+        return [(index, slice(start, min(start + self.chunk_cells, slot.n_cells)))
+                for index, start in enumerate(range(0, slot.n_cells, self.chunk_cells))]
+
     def ensure(self, slot: SlotPlan) -> int:
         """The array holding ``slot``, programming (or finishing) it first if needed."""
         array = self._array_for(slot)
@@ -123,8 +128,7 @@ class ChipRunner:
         oldest_s = 0.0
         aged = 0
         programmed = False
-        for index, start in enumerate(range(0, slot.n_cells, self.chunk_cells)):
-            cut = slice(start, min(start + self.chunk_cells, slot.n_cells))
+        for index, cut in self._chunks(slot):
             r, c, levels = slot.cell_rows[cut], slot.cell_cols[cut], slot.cell_levels[cut]
             stamp = record["chunks"].get(str(index))
             if stamp is not None and (results[r, c] != 0).all() and stamp == stamp_digest(times[r, c], results[r, c]):
@@ -196,8 +200,7 @@ class ChipRunner:
         times = self.tester.program_time(array)
         results = self.tester.program_result(array)
         stamps = {}
-        for index, start in enumerate(range(0, slot.n_cells, self.chunk_cells)):
-            cut = slice(start, min(start + self.chunk_cells, slot.n_cells))
+        for index, cut in self._chunks(slot):
             r, c = slot.cell_rows[cut], slot.cell_cols[cut]
             stamps[str(index)] = stamp_digest(times[r, c], results[r, c])
         self.state.compensated(array, moves, stamps)
