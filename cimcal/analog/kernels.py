@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import threading
 import types
+import weakref
 from typing import Any
 
 import numba
@@ -147,21 +148,43 @@ class _Kernel:
         self.parallel = njit(parallel=True, cache=_CACHE, boundscheck=False)(fn)
 
     def __call__(self, n_elements: int, *args: Any) -> Any:
-        torch_threads = torch.get_num_threads()
-        threads = max(1, min(torch_threads, numba.config.NUMBA_NUM_THREADS))
-        with _LOCK:
-            if threads > 1 and n_elements >= self.PARALLEL_MIN:
-                if numba.get_num_threads() != threads:
-                    numba.set_num_threads(threads)
-                result = self.parallel(*args)
-                if torch.get_num_threads() != torch_threads:  # the OpenMP pool's start-up reset it
-                    torch.set_num_threads(torch_threads)
-                return result
+        if n_elements < self.PARALLEL_MIN:  # serial: no pool, no lock (the GIL is held throughout)
             return self.serial(*args)
+        torch_threads = torch.get_num_threads()
+        threads = min(torch_threads, numba.config.NUMBA_NUM_THREADS)
+        if threads <= 1:
+            return self.serial(*args)
+        with _LOCK:
+            if numba.get_num_threads() != threads:
+                numba.set_num_threads(threads)
+            result = self.parallel(*args)
+            if torch.get_num_threads() != torch_threads:  # the OpenMP pool's start-up reset it
+                torch.set_num_threads(torch_threads)
+            return result
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().numpy() if t.requires_grad else t.numpy()  # detach() is a dispatched op: only when needed
+
+
+_VIEWS: dict[int, tuple[Any, int, np.ndarray]] = {}
+
+
+def _np_kept(t: torch.Tensor) -> np.ndarray:
+    """:func:`_np` of a long-lived tensor (a layer's tables and calibration buffers, a cached sample plan), kept
+    by identity: a ``.numpy()`` costs ~1.2 us and a layer call converts a dozen of these. A view is reused only
+    while the tensor is alive and its data pointer unchanged (a storage moved by ``share_memory_`` or ``set_``
+    gets a new view)."""
+    key = id(t)
+    hit = _VIEWS.get(key)
+    ptr = t.data_ptr()
+    if hit is not None and hit[0]() is t and hit[1] == ptr:
+        return hit[2]
+    view = _np(t)
+    if len(_VIEWS) >= 1024:  # dead entries go in bulk; the live ones come back on their next use
+        _VIEWS.clear()
+    _VIEWS[key] = (weakref.ref(t), ptr, view)
+    return view
 
 
 # Index arithmetic is unsigned (np.uintp) throughout: numba then skips negative-index wraparound, which
@@ -249,7 +272,7 @@ def running_kth(flat: torch.Tensor, starts: torch.Tensor, line: int, percentile:
     the finite ``|x|`` of the lines ``flat[starts[b] : starts[b] + line]`` into it (the first value sets it, later
     ones move it by ``momentum``; a batch without a finite value above 1e-12 leaves it alone). Returns the running
     value, or 1e-12 while it is not positive. One call: gather, select, update."""
-    return float(_running_kth(_np(flat).reshape(-1), _np(starts), line, float(percentile), _np(state).reshape(1),
+    return float(_running_kth(_np(flat).reshape(-1), _np_kept(starts), line, float(percentile), _np_kept(state).reshape(1),
                               momentum, update))
 
 
@@ -292,7 +315,7 @@ def calibrated_dac(
     out = torch.empty_like(x)
     flat = _np(x).reshape(-1)
     scale = _calibrated_dac(
-        x.numel(), flat, _np(starts), line, float(percentile), _np(state).reshape(1), momentum, update, np.float32(q_max),
+        x.numel(), flat, _np_kept(starts), line, float(percentile), _np_kept(state).reshape(1), momentum, update, np.float32(q_max),
         np.float32(1.0 / q_max), out.numpy().reshape(-1),
     )
     return out, float(scale)
@@ -616,13 +639,13 @@ def sample_pairs(
     """
     out = torch.empty_like(w)
     w_max = torch.empty(w.shape[0], dtype=w.dtype)
-    rule = () if compensation is None else (_np(compensation[0]), np.float32(compensation[1]), _np(compensation[2]))
+    rule = () if compensation is None else (_np_kept(compensation[0]), np.float32(compensation[1]), _np_kept(compensation[2]))
     bits = (np.uint64(key), np.uint64(nonce), out.numpy(), w_max.numpy())
     if ranks is None:
         kernel = _pairs if compensation is None else _pairs_compensated
-        kernel(w.numel(), _np(w), _np(level_of_fine), _np(read_unit), *bits, *rule)
+        kernel(w.numel(), _np(w), _np_kept(level_of_fine), _np_kept(read_unit), *bits, *rule)
     else:
-        _pairs_instance(w.numel(), _np(w), _np(ranks), _np(level_of_fine), _np(programmed_unit), _np(read_unit), *bits,
+        _pairs_instance(w.numel(), _np(w), _np(ranks), _np_kept(level_of_fine), _np_kept(programmed_unit), _np_kept(read_unit), *bits,
                         *(rule + (True,) if rule else _NO_RULE))
     return out, w_max
 
@@ -775,15 +798,15 @@ class AdcConverter:
     ) -> None:
         starts, line, stats = sample if sample is not None else (_NO_STARTS, 0, _NO_STATS)
         self.want_passes = want_passes
-        codes_np = _np(codes)
+        codes_np = _np_kept(codes)
         if steps is None:  # codes stands in for the first codes: the same dtype, one compilation
             step_words, step_base = _NO_STEPS, codes_np
         else:
-            step_words, step_base = _np(steps[0]).view(np.uint64), _np(steps[1])
+            step_words, step_base = _np_kept(steps[0]).view(np.uint64), _np_kept(steps[1])
         self._const = (
-            _np(col_base), _np(col_gain), _np(col_offset), _np(row_scale), np.float32(factor), np.float32(grid_scale),
+            _np_kept(col_base), _np_kept(col_gain), _np_kept(col_offset), _np(row_scale), np.float32(factor), np.float32(grid_scale),
             np.float32(grid_shift), np.float32(limit), np.float32(1.0 if interpolate else 0.0), n_points, codes_np,
-            step_words, step_base, steps is not None, np.uint64(key), np.uint64(nonce), want_passes, _np(starts), line, _np(stats),
+            step_words, step_base, steps is not None, np.uint64(key), np.uint64(nonce), want_passes, _np_kept(starts), line, _np(stats),
         )
 
     def __call__(
@@ -803,7 +826,7 @@ class AdcConverter:
             fold = (False, _NO_STARTS_NP, 0, 0.0, _NO_STATE, 0.0)
         else:
             state, percentile, momentum, fold_starts, fold_line = calibrate
-            fold = (True, _np(fold_starts), fold_line, float(percentile), _np(state).reshape(1), float(momentum))
+            fold = (True, _np_kept(fold_starts), fold_line, float(percentile), _np_kept(state).reshape(1), float(momentum))
         _adc(psum.numel(), _np(acc).reshape(shape), psum_np.reshape(shape), psum_np.reshape(-1), accumulate, row0, stats0,
              _NO_PASSES if passes is None else passes.numpy().reshape(shape), *self._const, *fold)
         return passes
