@@ -410,6 +410,8 @@ def _level_maps() -> dict[str, torch.Tensor]:
         "staircase": (fine * 8 // 1024).to(torch.int32),
         "skips a level, starts at 1": torch.where(fine < 300, 1, torch.where(fine < 700, 3, 7)).to(torch.int32),
         "steps down": torch.where((fine > 400) & (fine < 500), 2, fine * 4 // 1024).to(torch.int32),
+        "8 steps": (fine * 9 // 1024).to(torch.int32),
+        "12 steps": (fine * 13 // 1024).to(torch.int32),
         "17 steps": (fine * 18 // 1024).to(torch.int32),
     }
 
@@ -417,20 +419,36 @@ def _level_maps() -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("name", list(_level_maps()))
 def test_pair_levels_by_counting_steps_equal_the_lookup(name):
     """The pair kernels find a device's level by counting the lookup's steps below its fine index (a staircase of
-    at most 16 steps) or by the lookup itself (otherwise): both give the eager path's weights bit for bit."""
+    at most 16 steps; up to 8 in one pass) or by the lookup itself (otherwise): all give the eager path's weights
+    bit for bit."""
     from cimcal.analog.crossbar import sample_unit_weight
 
     level_of_fine = _level_maps()[name]
     n_levels = int(level_of_fine.max()) + 1
     steps, base = kernels._level_steps(level_of_fine.numpy())
-    staircase = name in ("staircase", "skips a level, starts at 1")
+    staircase = name in ("staircase", "skips a level, starts at 1", "8 steps", "12 steps")
     assert (base >= 0) == staircase
+    one_pass = kernels._level_plan(level_of_fine.numpy())[2].size > 0
+    assert one_pass == (staircase and steps.size <= 8)
     if staircase:  # the staircase decodes to the lookup
         counted = base + (torch.arange(1024)[:, None] >= torch.from_numpy(steps)[None, :]).sum(dim=1)
         assert torch.equal(counted.to(torch.int32), level_of_fine)
     read_unit = torch.rand(n_levels * 256, generator=torch.Generator().manual_seed(0)) + torch.arange(n_levels).repeat_interleave(256)
     tables = {"level_of_fine": level_of_fine, "read_unit": read_unit}
     w = torch.randn(64, 300, generator=torch.Generator().manual_seed(1))
+    # row 0 (max |w| = 1): weights within a few ulps of every step's edge, |w| * 1023 + 0.5 exactly the step
+    # among them (a compare off by its equality changes these levels only)
+    edges = (torch.arange(1, 1024, dtype=torch.float64) - 0.5) / 1023
+    near = [edges.float()]
+    for direction in (1.0, -1.0):
+        value = edges.float()
+        for _ in range(3):
+            value = torch.nextafter(value, torch.full_like(value, direction))
+            near.append(value)
+    near = torch.cat(near)
+    exact = near[near * 1023 + 0.5 == (near * 1023 + 0.5).floor()]
+    assert exact.numel() > 500  # the ties exist
+    w[0] = torch.cat([torch.ones(1), exact[:149], -exact[-150:]])
     got = [sample_unit_weight(w, tables, None, (77, 5), compiled) for compiled in (False, True)]
     assert torch.equal(got[0][0], got[1][0]) and torch.equal(got[0][1], got[1][1])
 
