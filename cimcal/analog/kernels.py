@@ -22,6 +22,7 @@ count, small ones serially. Inputs are float32 CPU arrays (numpy views of torch 
 from __future__ import annotations
 
 import math
+import sys
 import threading
 import types
 import weakref
@@ -168,23 +169,37 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 
 _VIEWS: dict[int, tuple[Any, int, np.ndarray]] = {}
+_VIEWS_MAX = 256
 
 
 def _np_kept(t: torch.Tensor) -> np.ndarray:
     """:func:`_np` of a long-lived tensor (a layer's tables and calibration buffers, a cached sample plan), kept
     by identity: a ``.numpy()`` costs ~1.2 us and a layer call converts a dozen of these. A view is reused only
     while the tensor is alive and its data pointer unchanged (a storage moved by ``share_memory_`` or ``set_``
-    gets a new view)."""
+    gets a new view). A view keeps its tensor alive, so a full cache first drops the tensors nothing else holds
+    (:func:`_prune_views`): the tables of discarded models are not kept."""
     key = id(t)
     hit = _VIEWS.get(key)
     ptr = t.data_ptr()
     if hit is not None and hit[0]() is t and hit[1] == ptr:
         return hit[2]
     view = _np(t)
-    if len(_VIEWS) >= 1024:  # dead entries go in bulk; the live ones come back on their next use
-        _VIEWS.clear()
+    if len(_VIEWS) >= _VIEWS_MAX:
+        _prune_views()
     _VIEWS[key] = (weakref.ref(t), ptr, view)
     return view
+
+
+def _prune_views() -> None:
+    """Drop the kept views whose tensor is gone or held by nothing but its view; if that frees too little, all."""
+    for key, (ref, _, _) in list(_VIEWS.items()):
+        t = ref()
+        # references to a tensor only the cache holds: its view's base, ``t`` and getrefcount's argument
+        if t is None or sys.getrefcount(t) <= 3:
+            del _VIEWS[key]
+        del t
+    if len(_VIEWS) >= _VIEWS_MAX // 2:
+        _VIEWS.clear()
 
 
 # Index arithmetic is unsigned (np.uintp) throughout: numba then skips negative-index wraparound, which

@@ -487,3 +487,35 @@ def test_the_fold_in_a_parallel_call_equals_running_percentile(fitted_profile, l
         assert left is None and float(states[0]) == float(states[1]) != untouched
     else:
         assert torch.equal(left, stats) and float(states[0]) == untouched
+
+
+def test_kept_numpy_views_follow_their_tensor_and_free_discarded_ones(fitted_profile):
+    """The kernels' kept views of long-lived tensors: one view per tensor while its storage stays put, a new one
+    when the storage moves (``set_``), writes through the view reach the tensor, and a full cache lets go of the
+    tensors nothing else holds (a discarded layer's tables are freed, a live layer's still run)."""
+    import gc
+    import weakref
+
+    state = torch.zeros(())
+    view = kernels._np_kept(state)
+    assert kernels._np_kept(state) is view  # kept
+    view.reshape(1)[0] = 2.5
+    assert float(state) == 2.5  # a view of the tensor's memory
+    state.set_(torch.full((), 7.0))  # the storage moves: the old view must not be used
+    assert float(kernels._np_kept(state)) == 7.0
+
+    layer = AnalogLinear(300, 20, profile=fitted_profile, generator=torch.Generator().manual_seed(0))
+    layer(torch.rand(8, 300))
+    freed = weakref.ref(layer.adc_col_base)  # a per-layer table, converted by every layer call
+    assert any(entry[0]() is layer.adc_col_base for entry in kernels._VIEWS.values())
+    del layer
+    gc.collect()
+    live = AnalogLinear(300, 20, profile=fitted_profile, generator=torch.Generator().manual_seed(1))
+    for _ in range(kernels._VIEWS_MAX + 5):  # fill the cache past its limit with tensors that stay alive
+        keep = torch.zeros(1)
+        kernels._np_kept(keep)
+        live.__dict__.setdefault("_held", []).append(keep)
+    gc.collect()
+    assert freed() is None  # the discarded layer's table went with its cache entry
+    assert len(kernels._VIEWS) <= kernels._VIEWS_MAX
+    assert live(torch.rand(8, 300)).shape == (8, 20)
