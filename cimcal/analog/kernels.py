@@ -802,6 +802,8 @@ _NO_PASSES = np.empty((0, 0, 0), np.bool_)
 _NO_STEPS = np.zeros(1, np.uint64)
 _NO_STARTS_NP = np.zeros(1, np.int64)
 _NO_STATE = np.zeros(1, np.float32)
+# _adc's fold arguments (fold, fold_starts, fold_line, percentile, state, momentum) when not folding
+_NO_FOLD = (False, _NO_STARTS_NP, 0, 0.0, _NO_STATE, 0.0)
 
 
 class AdcConverter:
@@ -862,7 +864,7 @@ class AdcConverter:
         shape = (psum.shape[0], psum.shape[1], math.prod(psum.shape[2:]))  # (N, O, inner); N may be 0
         psum_np = _np(psum)
         if calibrate is None:
-            fold = (False, _NO_STARTS_NP, 0, 0.0, _NO_STATE, 0.0)
+            fold = _NO_FOLD
         else:
             state, percentile, momentum, fold_starts, fold_line = calibrate
             fold = (True, _np_kept(fold_starts), fold_line, float(percentile), _np_kept(state).reshape(1), float(momentum))

@@ -511,10 +511,9 @@ def test_kept_numpy_views_follow_their_tensor_and_free_discarded_ones(fitted_pro
     del layer
     gc.collect()
     live = AnalogLinear(300, 20, profile=fitted_profile, generator=torch.Generator().manual_seed(1))
-    for _ in range(kernels._VIEWS_MAX + 5):  # fill the cache past its limit with tensors that stay alive
-        keep = torch.zeros(1)
+    held = [torch.zeros(1) for _ in range(kernels._VIEWS_MAX + 5)]
+    for keep in held:  # fill the cache past its limit with tensors that stay alive
         kernels._np_kept(keep)
-        live.__dict__.setdefault("_held", []).append(keep)
     gc.collect()
     assert freed() is None  # the discarded layer's table went with its cache entry
     assert len(kernels._VIEWS) <= kernels._VIEWS_MAX
