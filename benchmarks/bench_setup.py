@@ -46,7 +46,8 @@ def build_model(name: str) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
 
 
 def make_step(method: str, model_name: str, profile, compile_chain: bool = True) -> Callable[[], float]:
-    """A closure running one SGD training step of ``method`` on ``model_name``; returns the loss."""
+    """A closure running one SGD training step of ``method`` on ``model_name``; returns the loss. Its
+    ``model`` attribute is the model it trains (for hooks)."""
     from cimcal.analog import AnalogConfig, convert
 
     model, x, y = build_model(model_name)
@@ -66,4 +67,5 @@ def make_step(method: str, model_name: str, profile, compile_chain: bool = True)
         optimizer.step()
         return float(loss.detach())
 
+    step.model = model  # type: ignore[attr-defined]
     return step

@@ -694,14 +694,14 @@ def sample_pairs(
 def _table_index(p, bits, cb, grid_scale, grid_shift, interp, last):  # noqa: ANN001
     """Code-table index of one conversion: position on the grid, random grid point (below/above), knot.
     ``bits``: the conversion's 16 random bits (uint16), the high byte for the grid point, the low byte the knot.
-    The bytes stay 16-bit: from ``np.int32(bits) >> 8`` numba makes an int64, whose conversion to float AVX2
-    cannot vectorize (the index loop took 1.2-1.4 cycles an element instead of 0.5)."""
+    The bytes stay 16-bit: from ``np.int32(bits) >> 8`` numba makes an int64, whose conversion to float LLVM left
+    scalar (``vcvtsi2ss``, even on an AVX-512 CPU): the index loop took 1.2-1.4 cycles an element instead of 0.5."""
     position = min(max(p * grid_scale + grid_shift, np.float32(0.0)), np.float32(last))
     below = np.int32(position) if position >= np.float32(0.0) else np.int32(0)  # truncation = floor (>= 0); NaN -> 0
     high = np.float32(bits >> np.uint16(8))
     threshold = (high + np.float32(0.5)) * interp + np.float32(128.0) * (np.float32(1.0) - interp)
     # the point above needs a fraction above threshold > 0, so below < position <= last: no clamp to last (a min
-    # of numba's int64 sums, which AVX2 has no vector instruction for: 0.6 cycles a conversion)
+    # of numba's int64 sums, which kept the loop from vectorizing: 0.6 cycles a conversion)
     point = below + np.int32(threshold < (position - np.float32(below)) * np.float32(256.0))
     return cb + point * 256 + np.int32(bits & np.uint16(255))
 
