@@ -14,7 +14,7 @@ import torch
 
 from cimcal.analog.crossbar import stats_sample
 from cimcal.analog.functions import RoundSTE
-from cimcal.analog.mapping import N_FINE
+from cimcal.analog.mapping import levels_and_sign
 
 __all__ = ["gaussian_unit_weight", "gaussian_tiled_mvm"]
 
@@ -24,10 +24,7 @@ def gaussian_unit_weight(
 ) -> torch.Tensor:
     """Level-quantized (straight-through) unit weight plus Gaussian noise of both devices of each pair."""
     with torch.no_grad():
-        # index in float32 whatever the weight dtype (bfloat16 would round 1023 up to 1024)
-        fine_idx = (w_unit.float().abs() * (N_FINE - 1)).round().clamp(0, N_FINE - 1).to(torch.int32)
-        level = tables["level_of_fine"][fine_idx]
-        sign = torch.where(w_unit < 0, -1.0, 1.0).to(w_unit.dtype)
+        level, sign = levels_and_sign(w_unit, tables["level_of_fine"])  # the LUT path's rule, the same levels
         mean_unit, sigma_unit = tables["mean_unit"].to(w_unit.dtype), tables["sigma_unit"].to(w_unit.dtype)
         w_mean = sign * (mean_unit[level] - mean_unit[0])
         sigma = torch.sqrt(sigma_unit[level] ** 2 + sigma_unit[0] ** 2)

@@ -387,3 +387,25 @@ def test_read_back_cells_take_read_noise_as_a_drawn_instance_does():
     expected = instance_unit_weight(w_unit, ranks[0], ranks[1], u_active, u_idle, level_of_fine, programmed, read_noise)
     got = read_back_unit_weight(cells, level, sign, u_active, u_idle, read_noise)
     assert torch.allclose(got, expected, atol=1e-6)
+
+
+def test_gaussian_baseline_quantizes_weights_to_the_lut_paths_levels():
+    """The Gaussian baseline maps each weight to the level the LUT path and deployment program
+    (``levels_and_sign``), at the half steps of the fine index too, where rounding rules differ: so comparing
+    the methods compares their noise models, not their level mappings."""
+    from cimcal.analog.gaussian import gaussian_unit_weight
+    from cimcal.analog.mapping import N_FINE, levels_and_sign
+
+    half_steps = ((torch.arange(N_FINE - 1, dtype=torch.float64) + 0.5) / (N_FINE - 1)).float()
+    w = torch.cat([half_steps, torch.nextafter(half_steps, torch.ones(())), torch.nextafter(half_steps, torch.zeros(()))])
+    w = torch.cat([w, -w])
+    tables = {  # every fine index its own level, noise-free: the result is the level's mean exactly
+        "level_of_fine": torch.arange(N_FINE, dtype=torch.int32),
+        "mean_unit": torch.linspace(0.0, 1.0, N_FINE),
+        "sigma_unit": torch.zeros(N_FINE),
+    }
+    level, sign = levels_and_sign(w, tables["level_of_fine"])
+    expected = sign * (tables["mean_unit"][level] - tables["mean_unit"][0])
+    got = gaussian_unit_weight(w, tables, torch.Generator().manual_seed(0))
+    # one level apart is 1/1023; the straight-through form w + (mean - w) may differ from mean by an ulp
+    torch.testing.assert_close(got, expected, rtol=0.0, atol=1e-6)
