@@ -106,7 +106,16 @@ def _as_int(series: pd.Series, *, path: str, column: str, row_offset: int) -> np
             return series.to_numpy(dtype=np.int64)
     values = _as_float(series, path=path, column=column, row_offset=row_offset)
     _check_finite(values, path=path, column=column, row_offset=row_offset)
-    inexact = (values != np.floor(values)) | (np.abs(values) >= _EXACT_INT_LIMIT)
+    too_big = np.abs(values) >= _EXACT_INT_LIMIT
+    if too_big.any():  # a CSV's integers come through float64 (so that "3.0" reads): exact only below 2**53
+        raise _fail(
+            f"integer too large to read exactly from text or floats (at most 2**53 - 1), found {_show(values[too_big][0])}",
+            path=path,
+            column=column,
+            mask=too_big,
+            row_offset=row_offset,
+        )
+    inexact = values != np.floor(values)
     if inexact.any():
         raise _fail(
             f"expected whole numbers, found {_show(values[inexact][0])}",
@@ -248,7 +257,10 @@ def _any_repeated_key(batch: pd.DataFrame, keys: list[str]) -> bool:
     multiplier = np.uint64(0x9E3779B97F4A7C15)
     acc = np.zeros(len(batch), dtype=np.uint64)
     for name in keys:
-        values = np.ascontiguousarray(batch[name].to_numpy())
+        values = batch[name].to_numpy()
+        if values.dtype.kind == "f":
+            values = values + 0.0  # -0.0 becomes 0.0: equal values must hash alike
+        values = np.ascontiguousarray(values)
         np.bitwise_xor(acc, values.view(np.uint64), out=acc)
         np.multiply(acc, multiplier, out=acc)
     acc.sort()

@@ -66,6 +66,12 @@ def case_fractional_level(tmp_path):
     return write_csv(table, tmp_path / "lv.csv"), "conductance", "level", [1], "expected whole numbers, found 2.5"
 
 
+def case_csv_integer_beyond_float_precision(tmp_path):
+    # 2**53 + 1 has no float64 of its own: named as too large, not as a fraction
+    return _csv_text(tmp_path, "row,col,level,g_us\n0,0,1,2.0\n9007199254740993,1,1,2.0\n"), "conductance", "row", [1], \
+        r"integer too large to read exactly .* 2\*\*53 - 1"
+
+
 def case_negative_level(tmp_path):
     table = _base()
     table.loc[7, "level"] = -1
@@ -238,6 +244,17 @@ def test_files_naming_different_chips_in_metadata_get_a_chip_id_column(tmp_path)
 def test_duplicates_across_batches_are_caught_by_read_table(tmp_path):
     chip = make_conductance(n_cells=8, reads=2, t_s=(1.0,))
     path = write_parquet(pd.concat([chip, chip], ignore_index=True), tmp_path / "two.parquet")
+    with pytest.raises(DataError, match="appears twice"):
+        read_table(path, "conductance")
+
+
+def test_duplicates_differing_only_in_the_sign_of_a_zero_t_s_are_caught(tmp_path):
+    """t_s 0.0 and -0.0 are one time (equal values, other bit patterns): a pasted copy must not slip through."""
+    chip = make_conductance(n_cells=8, reads=2, t_s=(0.0,))
+    copy = chip.copy()
+    copy["t_s"] = -0.0
+    assert np.signbit(copy["t_s"]).all() and not np.signbit(chip["t_s"]).any()
+    path = write_parquet(pd.concat([chip, copy], ignore_index=True), tmp_path / "two.parquet")
     with pytest.raises(DataError, match="appears twice"):
         read_table(path, "conductance")
 
