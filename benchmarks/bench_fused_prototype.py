@@ -16,16 +16,14 @@ work.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 import types
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_setup import MODELS, bench_profile, make_step  # noqa: E402
+from bench_setup import MODELS, bench_profile, interleaved_medians, make_step  # noqa: E402
 
 _SOURCE = Path(__file__).resolve().parent / "prototypes" / "fused_linear.cpp"
 
@@ -124,13 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         for step in steps.values():
             for _ in range(3):
                 step()
-        times: dict[str, list[float]] = {name: [] for name in steps}
-        for i in range(args.rounds):
-            for name in (list(steps) if i % 2 == 0 else list(reversed(steps))):
-                start = time.perf_counter()
-                steps[name]()
-                times[name].append(time.perf_counter() - start)
-        median = {name: statistics.median(v) * 1e3 for name, v in times.items()}
+        median = {name: seconds * 1e3 for name, seconds in interleaved_medians(steps, args.rounds).items()}
         print(f"{model_name}: clean {median['clean']:.1f} ms, ste {median['ste']:.1f} ms "
               f"({median['ste'] / median['clean']:.2f}x clean), ste-fused {median['ste-fused']:.1f} ms "
               f"({median['ste-fused'] / median['clean']:.2f}x clean); median of {args.rounds} interleaved rounds")

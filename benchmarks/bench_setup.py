@@ -11,6 +11,8 @@ Methods: ``clean`` (the plain digital model), ``ste`` (AnalogConfig(noise="lut")
 from __future__ import annotations
 
 import copy
+import statistics
+import time
 from collections.abc import Callable
 
 import torch
@@ -69,3 +71,15 @@ def make_step(method: str, model_name: str, profile, compile_chain: bool = True)
 
     step.model = model  # type: ignore[attr-defined]
     return step
+
+
+def interleaved_medians(steps: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
+    """Median wall time (s) of each step, the steps run in turn round by round, the order reversed every other
+    round (so that drifting load from other jobs falls on all of them alike)."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for i in range(rounds):
+        for name in (list(steps) if i % 2 == 0 else list(reversed(steps))):
+            start = time.perf_counter()
+            steps[name]()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(v) for name, v in times.items()}

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_setup import MODELS, bench_profile, make_step  # noqa: E402
+from bench_setup import MODELS, bench_profile, interleaved_medians, make_step  # noqa: E402
 
 
 def _timed(spent: dict[str, float], name: str, fn):  # noqa: ANN001, ANN202
@@ -54,13 +54,10 @@ def _per_layer(model_name: str, profile, steps: int, warmup: int) -> None:  # no
         for _ in range(warmup):
             step()
         record.clear()
-    for i in range(steps):
-        for method in (runs if i % 2 == 0 else reversed(runs)):
-            start = time.perf_counter()
-            runs[method]()
-            times[method]["step"].append(time.perf_counter() - start)
+    step_s = interleaved_medians(runs, steps)
     median = {method: {name: statistics.median(v) * 1e3 for name, v in record.items()} for method, record in times.items()}
     for method in runs:
+        median[method]["step"] = step_s[method] * 1e3
         median[method]["loss, backward, optimizer"] = median[method]["step"] - median[method]["forward"]
     model = runs["ste"].model
     print(f"{model_name}, per layer (median of {steps} interleaved steps, ms): clean -> STE-LUT (+ difference)")
