@@ -106,22 +106,25 @@ def _as_int(series: pd.Series, *, path: str, column: str, row_offset: int) -> np
             return series.to_numpy(dtype=np.int64)
     values = _as_float(series, path=path, column=column, row_offset=row_offset)
     _check_finite(values, path=path, column=column, row_offset=row_offset)
+    # a CSV's integers come through float64 (so that "3.0" reads), exact only in magnitude below 2**53
     too_big = np.abs(values) >= _EXACT_INT_LIMIT
-    if too_big.any():  # a CSV's integers come through float64 (so that "3.0" reads): exact only below 2**53
+    fraction = (values != np.floor(values)) & ~too_big
+    first_big = int(np.argmax(too_big)) if too_big.any() else len(values)
+    if fraction.any() and int(np.argmax(fraction)) < first_big:  # the first bad row decides the message
         raise _fail(
-            f"integer too large to read exactly from text or floats (at most 2**53 - 1), found {_show(values[too_big][0])}",
+            f"expected whole numbers, found {_show(values[fraction][0])}",
+            path=path,
+            column=column,
+            mask=fraction,
+            row_offset=row_offset,
+        )
+    if too_big.any():
+        raise _fail(
+            "integer too large to read exactly from text or floats (magnitude at most 2**53 - 1), found about "
+            f"{values[too_big][0]:.6g}",
             path=path,
             column=column,
             mask=too_big,
-            row_offset=row_offset,
-        )
-    inexact = values != np.floor(values)
-    if inexact.any():
-        raise _fail(
-            f"expected whole numbers, found {_show(values[inexact][0])}",
-            path=path,
-            column=column,
-            mask=inexact,
             row_offset=row_offset,
         )
     return values.astype(np.int64)
@@ -258,10 +261,11 @@ def _any_repeated_key(batch: pd.DataFrame, keys: list[str]) -> bool:
     acc = np.zeros(len(batch), dtype=np.uint64)
     for name in keys:
         values = batch[name].to_numpy()
-        if values.dtype.kind == "f":
-            values = values + 0.0  # -0.0 becomes 0.0: equal values must hash alike
-        values = np.ascontiguousarray(values)
-        np.bitwise_xor(acc, values.view(np.uint64), out=acc)
+        if values.dtype.kind == "f":  # 64-bit words, and -0.0 made 0.0: equal values must hash alike
+            values = values.astype(np.float64) + 0.0
+        else:
+            values = values.astype(np.int64, copy=False)
+        np.bitwise_xor(acc, np.ascontiguousarray(values).view(np.uint64), out=acc)
         np.multiply(acc, multiplier, out=acc)
     acc.sort()
     return bool((acc[1:] == acc[:-1]).any())

@@ -409,3 +409,6 @@ def test_gaussian_baseline_quantizes_weights_to_the_lut_paths_levels():
     got = gaussian_unit_weight(w, tables, torch.Generator().manual_seed(0))
     # one level apart is 1/1023; the straight-through form w + (mean - w) may differ from mean by an ulp
     torch.testing.assert_close(got, expected, rtol=0.0, atol=1e-6)
+    # a NaN weight stays NaN (its own copy of the rule indexed out of bounds)
+    nan = gaussian_unit_weight(torch.tensor([float("nan"), -float("nan"), 0.25]), tables, None)
+    assert nan[:2].isnan().all() and nan[2].isfinite()

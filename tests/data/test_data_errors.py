@@ -69,7 +69,13 @@ def case_fractional_level(tmp_path):
 def case_csv_integer_beyond_float_precision(tmp_path):
     # 2**53 + 1 has no float64 of its own: named as too large, not as a fraction
     return _csv_text(tmp_path, "row,col,level,g_us\n0,0,1,2.0\n9007199254740993,1,1,2.0\n"), "conductance", "row", [1], \
-        r"integer too large to read exactly .* 2\*\*53 - 1"
+        r"integer too large to read exactly .* at most 2\*\*53 - 1\), found about 9\.0072e\+15"
+
+
+def case_fraction_before_a_too_large_integer(tmp_path):
+    # the first bad row decides the message
+    return _csv_text(tmp_path, "row,col,level,g_us\n0,0,1.5,2.0\n0,1,9007199254740993,2.0\n"), "conductance", "level", \
+        [0], "expected whole numbers, found 1.5"
 
 
 def case_negative_level(tmp_path):
@@ -256,6 +262,14 @@ def test_duplicates_differing_only_in_the_sign_of_a_zero_t_s_are_caught(tmp_path
     assert np.signbit(copy["t_s"]).all() and not np.signbit(chip["t_s"]).any()
     path = write_parquet(pd.concat([chip, copy], ignore_index=True), tmp_path / "two.parquet")
     with pytest.raises(DataError, match="appears twice"):
+        read_table(path, "conductance")
+
+
+def test_csv_integers_read_exactly_up_to_2_to_the_53(tmp_path):
+    path = _csv_text(tmp_path, "row,col,level,g_us\n9007199254740991,0,1,2.0\n0,1,1,2.0\n")
+    assert read_table(path, "conductance")["row"].tolist() == [2**53 - 1, 0]
+    path = _csv_text(tmp_path, "row,col,level,g_us\n9007199254740992,0,1,2.0\n", name="at_limit.csv")
+    with pytest.raises(DataError, match="integer too large"):
         read_table(path, "conductance")
 
 
