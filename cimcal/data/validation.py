@@ -262,7 +262,7 @@ def _any_repeated_key(batch: pd.DataFrame, keys: list[str]) -> bool:
     for name in keys:
         values = batch[name].to_numpy()
         if values.dtype.kind == "f":  # 64-bit words, and -0.0 made 0.0: equal values must hash alike
-            values = values.astype(np.float64) + 0.0
+            values = np.add(values, 0.0, dtype=np.float64)  # one pass: widen and normalize
         else:
             values = values.astype(np.int64, copy=False)
         np.bitwise_xor(acc, np.ascontiguousarray(values).view(np.uint64), out=acc)
