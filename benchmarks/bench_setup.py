@@ -73,13 +73,36 @@ def make_step(method: str, model_name: str, profile, compile_chain: bool = True)
     return step
 
 
-def interleaved_medians(steps: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
-    """Median wall time (s) of each step, the steps run in turn round by round, the order reversed every other
-    round (so that drifting load from other jobs falls on all of them alike)."""
-    times: dict[str, list[float]] = {name: [] for name in steps}
+def interleaved_times(
+    steps: dict[str, Callable[[], object]], rounds: int, per_round: int = 1
+) -> dict[str, dict[str, list[float]]]:
+    """Per-round times (s per step) of each step: ``{name: {"wall": [...], "cpu": [...]}}`` (process CPU time
+    beside wall time). The steps run in turn round by round, ``per_round`` steps each, the order reversed every
+    other round, so that drifting load from other jobs falls on all of them alike and no step always follows
+    the same one."""
+    times: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": []} for name in steps}
     for i in range(rounds):
         for name in (list(steps) if i % 2 == 0 else list(reversed(steps))):
-            start = time.perf_counter()
-            steps[name]()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(v) for name, v in times.items()}
+            start, start_cpu = time.perf_counter(), time.process_time()
+            for _ in range(per_round):
+                steps[name]()
+            times[name]["wall"].append((time.perf_counter() - start) / per_round)
+            times[name]["cpu"].append((time.process_time() - start_cpu) / per_round)
+    return times
+
+
+def interleaved_medians(steps: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
+    """Median wall time (s) of each step over :func:`interleaved_times`' rounds."""
+    return {name: statistics.median(t["wall"]) for name, t in interleaved_times(steps, rounds).items()}
+
+
+def paired_ratio(numerator: list[float], denominator: list[float], seed: int = 0) -> tuple[float, float, float]:
+    """Median over rounds of the per-round ratio ``numerator[i] / denominator[i]`` (steps timed side by side in
+    one round, so that a slow phase of the machine lasting a round or longer cancels), with a 95 % bootstrap
+    confidence interval of that median (scipy's BCa, resampling rounds; ``seed`` fixes it): (median, low, high)."""
+    import numpy as np
+    from scipy.stats import bootstrap
+
+    ratios = np.asarray(numerator) / np.asarray(denominator)
+    ci = bootstrap((ratios,), np.median, confidence_level=0.95, n_resamples=2000, random_state=seed).confidence_interval
+    return float(np.median(ratios)), float(ci.low), float(ci.high)

@@ -4,10 +4,13 @@
                                     [--pair-compensation] [--profile chip.cimprof]
 
 All ratios come from one run on the same model, batch and profile, with fresh noise every step. The
-methods are interleaved round by round (clean, ste, gaussian, clean, ...) so that load from other
+methods are interleaved round by round, the order reversed every other round, so that load from other
 processes on a shared machine hits them alike; each round times ``--steps`` steps (default one: timings on
-shared machines drift within seconds) and the figure is the median over rounds. Warm-up steps (torch.compile, table building) are excluded. Wall-clock and process CPU
-time are both reported: on a machine shared with other jobs, CPU time is the less noisy of the two.
+shared machines drift within seconds). Warm-up steps (torch.compile, table building) are excluded.
+
+Printed per model: the median step time of each method over the rounds and its ratio to clean's, in wall-clock
+and process CPU time; then the paired ratio, the median over rounds of each round's ratio (the steps timed side
+by side, so a slow phase of the machine cancels), with a 95 % bootstrap confidence interval.
 """
 
 from __future__ import annotations
@@ -15,13 +18,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_setup import METHODS, MODELS, bench_profile, make_step  # noqa: E402
+from bench_setup import METHODS, MODELS, bench_profile, interleaved_times, make_step, paired_ratio  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,21 +53,18 @@ def main(argv: list[str] | None = None) -> int:
         for step in steps.values():
             for _ in range(args.warmup):
                 step()
-        wall: dict[str, list[float]] = {m: [] for m in methods}
-        cpu: dict[str, list[float]] = {m: [] for m in methods}
-        for _ in range(args.rounds):
-            for method, step in steps.items():
-                start, start_cpu = time.perf_counter(), time.process_time()
-                for _ in range(args.steps):
-                    step()
-                wall[method].append((time.perf_counter() - start) / args.steps)
-                cpu[method].append((time.process_time() - start_cpu) / args.steps)
-        for label, times in (("wall", wall), ("cpu", cpu)):
-            median = {m: statistics.median(v) for m, v in times.items()}
+        times = interleaved_times(steps, args.rounds, args.steps)
+        for label in ("wall", "cpu"):
+            median = {m: statistics.median(t[label]) for m, t in times.items()}
             line = ", ".join(
                 f"{m} {1e3 * median[m]:.1f} ms ({median[m] / median['clean']:.2f}x clean)" for m in methods
             )
             print(f"{model_name} [{label}]: {line}; median of {args.rounds} interleaved rounds x {args.steps} steps")
+        paired = []
+        for m in methods[1:]:
+            ratio, low, high = paired_ratio(times[m]["wall"], times["clean"]["wall"])
+            paired.append(f"{m} {ratio:.2f}x clean (95% CI {low:.2f}-{high:.2f})")
+        print(f"{model_name} [paired wall]: {', '.join(paired)}; median over rounds of the round's ratio")
     return 0
 
 
