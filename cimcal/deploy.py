@@ -154,7 +154,7 @@ def predict_from_cells(analog: nn.Module, plan: Any, readback: dict[str, Any], t
     noise drawn from the profile: (mean, std) over ``draws`` draws, or None if a slot was never read back. The
     read-back is a mean of :data:`cimcal.deploy_chip.READBACK_READS` reads and keeps that share of one read's
     noise variance; the fresh read noise drawn makes up the rest (:meth:`AnalogLayer.use_programmed`'s
-    ``noise_kept``)."""
+    ``noise_kept``), each device's at the level nearest its read-back conductance."""
     from cimcal.analog import analog_layers
     from cimcal.deploy_chip import READBACK_READS
     from cimcal.train.loop import noise_seed, run_split
@@ -166,7 +166,7 @@ def predict_from_cells(analog: nn.Module, plan: Any, readback: dict[str, Any], t
     for name, layer_plan in plan.layers.items():
         layer = modules[name]
         g_min, g_max = layer.g_range_us
-        unit = torch.zeros(layer_plan.n_out, layer_plan.n_in)
+        devices = torch.zeros(2, layer_plan.n_out, layer_plan.n_in)  # G+ and G- of each pair, unit space
         for slot in layer_plan.slots:
             g = readback.get(slot.key)
             if g is None:
@@ -175,8 +175,9 @@ def predict_from_cells(analog: nn.Module, plan: Any, readback: dict[str, Any], t
             length = slot.in_stop - slot.in_start
             outs = torch.as_tensor(slot.outputs).repeat(length)
             rows = torch.arange(slot.in_start, slot.in_stop).repeat_interleave(len(slot.outputs))
-            unit[outs, rows] = torch.as_tensor((g[:half] - g[half:]) / (g_max - g_min), dtype=torch.float32)
-        layer.use_programmed(unit, noise_kept=1.0 / READBACK_READS)
+            g_unit = torch.as_tensor((g - g_min) / (g_max - g_min), dtype=torch.float32)
+            devices[0, outs, rows], devices[1, outs, rows] = g_unit[:half], g_unit[half:]
+        layer.use_programmed(None, noise_kept=1.0 / READBACK_READS, devices=devices)
     values = []
     for draw in range(draws):
         generator = torch.Generator().manual_seed(noise_seed(seed, 0, stream=1_000_000 + draw))  # apart from MC's

@@ -189,13 +189,14 @@ def sample_unit_weight(
 
 def read_back_weight(
     unit: torch.Tensor, level: torch.Tensor, sign: torch.Tensor, read_noise_unit: torch.Tensor, stream: tuple[int, int],
-    noise_scale: float = 1.0,
+    noise_scale: float = 1.0, idle_level: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Read-back cells (``unit`` (O, K), see :meth:`AnalogLayer.use_programmed`) plus one forward's read noise times
-    ``noise_scale``, random bits from the Philox ``stream`` on the cells' device."""
+    ``noise_scale`` (the active device's at ``level``, the idle one's at ``idle_level``, None: level 0), random bits
+    from the Philox ``stream`` on the cells' device."""
     key, nonce = stream
     u_active, u_idle = _bytes(unit.shape, key, nonce, unit.device)
-    return read_back_unit_weight(unit, level, sign, u_active, u_idle, read_noise_unit, noise_scale)
+    return read_back_unit_weight(unit, level, sign, u_active, u_idle, read_noise_unit, noise_scale, idle_level)
 
 
 def conv_channel_tiles(in_channels: int, kernel_cells: int, tile_rows: int) -> list[slice]:

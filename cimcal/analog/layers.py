@@ -45,7 +45,7 @@ from cimcal.analog.crossbar import (
 )
 from cimcal.analog.functions import AnalogConv2dFunction, AnalogLinearFunction, RoundSTE
 from cimcal.analog.gaussian import gaussian_tiled_mvm, gaussian_unit_weight
-from cimcal.analog.mapping import ConductanceTables, build_conductance_tables, levels_and_sign
+from cimcal.analog.mapping import ConductanceTables, build_conductance_tables, levels_and_sign, nearest_levels
 from cimcal.errors import ConfigError
 
 __all__ = ["AnalogLinear", "AnalogConv2d", "AnalogLayer", "profile_tables", "drift_time_limits_s", "check_drift_time"]
@@ -177,7 +177,7 @@ class AnalogLayer:
         for name in ("col_base", "col_gain", "col_offset"):
             self.register_buffer(f"adc_{name}", None if columns is None else columns[name].to(device), persistent=False)
         self.register_buffer("instance_ranks", None, persistent=False)
-        self._programmed: tuple[torch.Tensor, torch.Tensor, torch.Tensor, float] | None = None  # use_programmed's
+        self._programmed: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, float] | None = None  # use_programmed's
         if config.resample == "fixed_instance" and cond is not None:
             self.new_instance()
 
@@ -243,31 +243,51 @@ class AnalogLayer:
         return float(self.psum_scale_)
 
     # ---------------------------------------------------------------- simulation
-    def use_programmed(self, unit_weight: torch.Tensor | None, noise_kept: float = 0.0) -> None:
+    def use_programmed(self, unit_weight: torch.Tensor | None, noise_kept: float = 0.0,
+                       devices: torch.Tensor | None = None) -> None:
         """Simulate cells a deployment programmed and read back instead of a drawn chip instance.
 
         ``unit_weight`` (O, K): ``(G+ - G-) / (g_max - g_min)`` of each pair's read-back conductances (the layer's
         own unit-weight space, see :mod:`cimcal.analog.mapping`). Every forward adds fresh read noise from the
-        profile (both devices at the levels this layer maps the weights to) and converts through the profile's
-        ADC. ``noise_kept``: the share of one read's noise variance the given cells already hold (0 for
-        noise-free cells, ``1/n`` for the mean of n reads); the fresh noise is scaled by ``sqrt(1 - noise_kept)``,
-        so a forward sees one read's variance in all. ``None`` or :meth:`new_instance` returns to drawn instances.
-        Needs a conductance model and ``noise="lut"``.
+        profile and converts through the profile's ADC. ``noise_kept``: the share of one read's noise variance the
+        given cells already hold (0 for noise-free cells, ``1/n`` for the mean of n reads); the fresh noise is
+        scaled by ``sqrt(1 - noise_kept)``, so a forward sees one read's variance in all. ``None`` or
+        :meth:`new_instance` returns to drawn instances. Needs a conductance model and ``noise="lut"``.
+
+        ``devices`` (2, O, K), instead of ``unit_weight``: each pair's read-back G+ and G- apart, in unit space
+        (``(G - g_min) / (g_max - g_min)``). Each device's read noise then comes from the level nearest its own
+        conductance (:func:`~cimcal.analog.mapping.nearest_levels`): the state it sits in, which is not the
+        planned one where pair compensation moved it or programming missed. Without it, from the levels this
+        layer maps the weights to (the idle device at the lowest level).
         """
-        if unit_weight is None:
+        if unit_weight is None and devices is None:
             self._programmed = None
             return
+        if unit_weight is not None and devices is not None:
+            raise ConfigError("use_programmed takes unit_weight or devices, not both")
         if isinstance(noise_kept, bool) or not isinstance(noise_kept, numbers.Real) or not 0.0 <= noise_kept <= 1.0:
             raise ConfigError(f"noise_kept must be a number in [0, 1], got {noise_kept!r}")
         if self.lut_level_of_fine is None or self.config.noise != "lut":
             raise ConfigError("use_programmed needs a profile with a conductance model and AnalogConfig(noise='lut'), "
                               f"got noise={self.config.noise!r}")
         w2d = self.weight.detach().reshape(self.weight.shape[0], -1).float()
-        unit = torch.as_tensor(unit_weight, dtype=torch.float32).clone()  # the caller's tensor may change later
-        if unit.shape != w2d.shape:
-            raise ConfigError(f"programmed unit weights have shape {tuple(unit.shape)}, the layer's weight {tuple(w2d.shape)}")
+        if devices is not None:
+            pair = torch.as_tensor(devices, dtype=torch.float32)
+            if pair.shape != (2, *w2d.shape):
+                raise ConfigError(f"programmed devices have shape {tuple(pair.shape)}, expected (2, {w2d.shape[0]}, {w2d.shape[1]})")
+            unit = pair[0] - pair[1]
+        else:
+            unit = torch.as_tensor(unit_weight, dtype=torch.float32).clone()  # the caller's tensor may change later
+            if unit.shape != w2d.shape:
+                raise ConfigError(f"programmed unit weights have shape {tuple(unit.shape)}, the layer's weight {tuple(w2d.shape)}")
         level, sign = levels_and_sign(w2d / row_abs_max(w2d)[:, None], self.lut_level_of_fine)
-        self._programmed = (unit, level.long(), sign, math.sqrt(1.0 - float(noise_kept)))
+        level, idle_level = level.long(), None
+        if devices is not None:  # each device at the level its read-back conductance sits nearest
+            on_plus, on_minus = (nearest_levels(pair[i], self.lut_target_unit.cpu()) for i in (0, 1))
+            positive = sign > 0
+            level = torch.where(positive, on_plus, on_minus)
+            idle_level = torch.where(positive, on_minus, on_plus)
+        self._programmed = (unit, level, sign, idle_level, math.sqrt(1.0 - float(noise_kept)))
 
     def _noisy_weights(self, w2d: torch.Tensor, stream: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """(noisy unit weights (O, K) of every tile, ``w_max`` per output): one sampling pass over the matrix."""
@@ -277,9 +297,10 @@ class AnalogLayer:
             w_max = row_abs_max(w2d)
             return w2d * (1.0 / w_max)[:, None], w_max
         if self._programmed is not None:  # read-back cells: only the read noise is drawn
-            unit, level, sign = (t.to(w2d.device) for t in self._programmed[:3])
-            noisy = read_back_weight(unit, level, sign, cond["read_noise_unit"], kernels.substream(stream, 0),
-                                     self._programmed[3])
+            unit, level, sign, idle_level, noise_scale = self._programmed
+            idle_level = None if idle_level is None else idle_level.to(w2d.device)
+            noisy = read_back_weight(unit.to(w2d.device), level.to(w2d.device), sign.to(w2d.device),
+                                     cond["read_noise_unit"], kernels.substream(stream, 0), noise_scale, idle_level)
             return noisy.to(w2d.dtype), row_abs_max(w2d)
         ranks = self.instance_ranks if self.config.resample == "fixed_instance" else None
         return sample_unit_weight(w2d, cond, ranks, kernels.substream(stream, 0), self.config.compile,

@@ -27,6 +27,7 @@ __all__ = [
     "noisy_unit_weight",
     "instance_unit_weight",
     "read_back_unit_weight",
+    "nearest_levels",
     "level_unit_weight",
     "levels_and_sign",
     "compensate_pairs",
@@ -307,13 +308,24 @@ def read_back_unit_weight(
     u_idle: torch.Tensor,
     read_noise_unit: torch.Tensor,
     noise_scale: float = 1.0,
+    idle_level: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Cells read back from a chip (``unit``: their ``(G+ - G-)`` in unit-weight space) at one forward: fresh read
     noise of both devices added as :func:`instance_unit_weight` adds it (``sign * (n_active - n_idle)``), times
-    ``noise_scale``."""
-    row = level * N_KNOTS
-    noise = read_noise_unit[row + u_active.to(torch.int32)] - read_noise_unit[u_idle.to(torch.int32)]
+    ``noise_scale``; the active device's noise at ``level``, the idle one's at ``idle_level`` (None: level 0)."""
+    noise_active = read_noise_unit[level * N_KNOTS + u_active.to(torch.int32)]
+    idle_row = 0 if idle_level is None else idle_level * N_KNOTS
+    noise = noise_active - read_noise_unit[idle_row + u_idle.to(torch.int32)]
     return unit + sign * (noise * noise_scale)
+
+
+def nearest_levels(g_unit: torch.Tensor, target_unit: torch.Tensor) -> torch.Tensor:
+    """The level whose target is nearest each conductance ``g_unit`` (unit space, ``(G - g_min) / (g_max -
+    g_min)``; ``target_unit`` sorted ascending), as int64: the state a read-back device sits in, whatever level it
+    was meant for. A tie goes to the lower level; NaN to the lowest."""
+    midpoints = (target_unit[1:] + target_unit[:-1]) / 2
+    g = torch.as_tensor(g_unit, dtype=target_unit.dtype).nan_to_num(nan=float(target_unit[0]))
+    return torch.bucketize(g, midpoints)
 
 
 def level_unit_weight(w_unit: torch.Tensor, level_of_fine: torch.Tensor, target_unit: torch.Tensor) -> torch.Tensor:

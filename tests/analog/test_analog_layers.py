@@ -358,6 +358,53 @@ def test_read_back_cells_that_average_several_reads_get_the_rest_of_one_reads_no
             layer.use_programmed(cells, noise_kept=bad)
 
 
+def test_read_back_devices_get_read_noise_of_the_level_they_sit_at(fitted_profile):
+    """Given both devices of each pair, a device that sits at another level than the plan's (a compensated pair,
+    a device stuck high) reads with that level's noise: KS against draws from the profile's knots. Given only the
+    pairs' difference, the idle device reads as the lowest level's."""
+    config = AnalogConfig(compile=False, grad_x_weight="noisy", resample="fixed_instance")
+    layer = AnalogLinear(64, 32, bias=False, profile=fitted_profile, config=config, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        layer.weight.fill_(1.0)  # every pair planned: active device (G+) at the top level, idle device at the lowest
+    targets = layer.lut_target_unit
+    top = targets.numel() - 1
+    devices = torch.empty(2, 32, 64)
+    devices[0] = targets[top]
+    devices[1, :, :32] = targets[0]
+    devices[1, :, 32:] = targets[top] - 0.3 * (targets[top] - targets[top - 1])  # sits nearest the top level
+    knots = layer.lut_read_noise_unit.view(-1, 256).double().numpy()
+    rng = np.random.default_rng(0)
+
+    def reference(active: int, idle: int) -> np.ndarray:  # n_active - n_idle, knots picked uniformly
+        return knots[active][rng.integers(0, 256, 20000)] - knots[idle][rng.integers(0, 256, 20000)]
+
+    def added(**given) -> tuple[np.ndarray, np.ndarray]:
+        layer.use_programmed(**given)
+        layer.generator = torch.Generator().manual_seed(4)
+        draws = [(_noisy_weight(layer, torch.rand(2, 64)) - (devices[0] - devices[1])).double() for _ in range(5)]
+        noise = torch.stack(draws)  # w_max is 1: unit space
+        return noise[:, :, :32].flatten().numpy(), noise[:, :, 32:].flatten().numpy()
+
+    at_lowest, moved = added(unit_weight=None, devices=devices)
+    assert stats.ks_2samp(at_lowest, reference(top, 0)).pvalue > 0.01
+    assert stats.ks_2samp(moved, reference(top, top)).pvalue > 0.01
+    assert stats.ks_2samp(moved, reference(top, 0)).pvalue < 1e-6  # the planned level's noise is another distribution
+    _, moved_as_planned = added(unit_weight=devices[0] - devices[1])
+    assert stats.ks_2samp(moved_as_planned, reference(top, 0)).pvalue > 0.01
+    with pytest.raises(ConfigError, match="not both"):
+        layer.use_programmed(devices[0] - devices[1], devices=devices)
+    with pytest.raises(ConfigError, match=r"expected \(2, 32, 64\)"):
+        layer.use_programmed(None, devices=devices[:, :, :10])
+
+
+def test_nearest_levels_ties_to_the_lower_level_and_nan_to_the_lowest():
+    from cimcal.analog.mapping import nearest_levels
+
+    targets = torch.tensor([0.0, 0.25, 0.5, 1.0])
+    g = torch.tensor([-0.5, 0.0, 0.1249, 0.125, 0.1251, 0.74, 0.75, 0.76, 2.0, float("nan")])
+    assert nearest_levels(g, targets).tolist() == [0, 0, 0, 0, 1, 2, 2, 3, 3, 0]
+
+
 def test_slice_knots_of_a_two_point_level_keep_mean_variance_and_order():
     from cimcal.analog.mapping import slice_knots
 
