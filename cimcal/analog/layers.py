@@ -177,7 +177,8 @@ class AnalogLayer:
         for name in ("col_base", "col_gain", "col_offset"):
             self.register_buffer(f"adc_{name}", None if columns is None else columns[name].to(device), persistent=False)
         self.register_buffer("instance_ranks", None, persistent=False)
-        self._programmed: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, float] | None = None  # use_programmed's
+        # use_programmed's (unit weights, active level, sign, idle level or None, noise scale)
+        self._programmed: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, float] | None = None
         if config.resample == "fixed_instance" and cond is not None:
             self.new_instance()
 
