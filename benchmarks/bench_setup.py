@@ -96,13 +96,22 @@ def interleaved_medians(steps: dict[str, Callable[[], object]], rounds: int) -> 
     return {name: statistics.median(t["wall"]) for name, t in interleaved_times(steps, rounds).items()}
 
 
-def paired_ratio(numerator: list[float], denominator: list[float], seed: int = 0) -> tuple[float, float, float]:
+PAIRED_CI_MIN_ROUNDS = 10
+
+
+def paired_ratio(numerator: list[float], denominator: list[float], seed: int = 0) -> tuple[float, float | None, float | None]:
     """Median over rounds of the per-round ratio ``numerator[i] / denominator[i]`` (steps timed side by side in
     one round, so that a slow phase of the machine lasting a round or longer cancels), with a 95 % bootstrap
-    confidence interval of that median (scipy's BCa, resampling rounds; ``seed`` fixes it): (median, low, high)."""
+    confidence interval of that median (scipy's BCa, resampling rounds; ``seed`` fixes it): (median, low, high).
+    The interval covers this run only (the machine's phases move the ratio between runs); it is None below
+    :data:`PAIRED_CI_MIN_ROUNDS` rounds."""
     import numpy as np
     from scipy.stats import bootstrap
 
+    if len(numerator) != len(denominator) or not numerator:
+        raise ValueError(f"paired_ratio needs two equal, non-empty lists, got {len(numerator)} and {len(denominator)}")
     ratios = np.asarray(numerator) / np.asarray(denominator)
+    if len(ratios) < PAIRED_CI_MIN_ROUNDS:
+        return float(np.median(ratios)), None, None
     ci = bootstrap((ratios,), np.median, confidence_level=0.95, n_resamples=2000, random_state=seed).confidence_interval
     return float(np.median(ratios)), float(ci.low), float(ci.high)

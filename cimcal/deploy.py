@@ -177,7 +177,7 @@ def predict_from_cells(analog: nn.Module, plan: Any, readback: dict[str, Any], t
             rows = torch.arange(slot.in_start, slot.in_stop).repeat_interleave(len(slot.outputs))
             g_unit = torch.as_tensor((g - g_min) / (g_max - g_min), dtype=torch.float32)
             devices[0, outs, rows], devices[1, outs, rows] = g_unit[:half], g_unit[half:]
-        layer.use_programmed(None, noise_kept=1.0 / READBACK_READS, devices=devices)
+        layer.use_programmed(devices=devices, noise_kept=1.0 / READBACK_READS)
     values = []
     for draw in range(draws):
         generator = torch.Generator().manual_seed(noise_seed(seed, 0, stream=1_000_000 + draw))  # apart from MC's

@@ -244,7 +244,7 @@ class AnalogLayer:
         return float(self.psum_scale_)
 
     # ---------------------------------------------------------------- simulation
-    def use_programmed(self, unit_weight: torch.Tensor | None, noise_kept: float = 0.0,
+    def use_programmed(self, unit_weight: torch.Tensor | None = None, noise_kept: float = 0.0,
                        devices: torch.Tensor | None = None) -> None:
         """Simulate cells a deployment programmed and read back instead of a drawn chip instance.
 
@@ -252,8 +252,9 @@ class AnalogLayer:
         own unit-weight space, see :mod:`cimcal.analog.mapping`). Every forward adds fresh read noise from the
         profile and converts through the profile's ADC. ``noise_kept``: the share of one read's noise variance the
         given cells already hold (0 for noise-free cells, ``1/n`` for the mean of n reads); the fresh noise is
-        scaled by ``sqrt(1 - noise_kept)``, so a forward sees one read's variance in all. ``None`` or
-        :meth:`new_instance` returns to drawn instances. Needs a conductance model and ``noise="lut"``.
+        scaled by ``sqrt(1 - noise_kept)``, so a forward sees one read's variance in all. Neither ``unit_weight``
+        nor ``devices`` (or :meth:`new_instance`) returns to drawn instances. Needs a conductance model and
+        ``noise="lut"``. A NaN conductance passes through: the outputs it feeds are NaN.
 
         ``devices`` (2, O, K), instead of ``unit_weight``: each pair's read-back G+ and G- apart, in unit space
         (``(G - g_min) / (g_max - g_min)``). Each device's read noise then comes from the level nearest its own
@@ -273,7 +274,7 @@ class AnalogLayer:
                               f"got noise={self.config.noise!r}")
         w2d = self.weight.detach().reshape(self.weight.shape[0], -1).float()
         if devices is not None:
-            pair = torch.as_tensor(devices, dtype=torch.float32)
+            pair = torch.as_tensor(devices, dtype=torch.float32, device=w2d.device)
             if pair.shape != (2, *w2d.shape):
                 raise ConfigError(f"programmed devices have shape {tuple(pair.shape)}, expected (2, {w2d.shape[0]}, {w2d.shape[1]})")
             unit = pair[0] - pair[1]
@@ -284,7 +285,7 @@ class AnalogLayer:
         level, sign = levels_and_sign(w2d / row_abs_max(w2d)[:, None], self.lut_level_of_fine)
         level, idle_level = level.long(), None
         if devices is not None:  # each device at the level its read-back conductance sits nearest
-            on_plus, on_minus = (nearest_levels(pair[i], self.lut_target_unit.cpu()) for i in (0, 1))
+            on_plus, on_minus = (nearest_levels(pair[i], self.lut_target_unit) for i in (0, 1))
             positive = sign > 0
             level = torch.where(positive, on_plus, on_minus)
             idle_level = torch.where(positive, on_minus, on_plus)

@@ -397,6 +397,23 @@ def test_read_back_devices_get_read_noise_of_the_level_they_sit_at(fitted_profil
         layer.use_programmed(None, devices=devices[:, :, :10])
 
 
+def test_read_back_devices_each_read_at_their_own_level_whatever_the_sign(fitted_profile):
+    """Exact: with every level's read noise a constant of its own, a forward adds c(level nearest G+) - c(level
+    nearest G-) to each pair, for weights of both signs and both devices anywhere."""
+    config = AnalogConfig(compile=False, grad_x_weight="noisy", resample="fixed_instance")
+    layer = AnalogLinear(48, 16, bias=False, profile=fitted_profile, config=config, generator=torch.Generator().manual_seed(3))
+    targets = layer.lut_target_unit
+    constant = torch.arange(1, targets.numel() + 1, dtype=torch.float32) * 0.01  # level L reads with noise c[L]
+    layer.lut_read_noise_unit = constant.repeat_interleave(256)
+    devices = torch.rand(2, 16, 48, generator=torch.Generator().manual_seed(8))  # off any plan
+    layer.use_programmed(devices=devices)
+    w_max = layer.weight.detach().abs().amax(dim=1, keepdim=True)
+    assert (layer.weight < 0).any() and (layer.weight > 0).any()
+    added = _noisy_weight(layer, torch.rand(2, 48)) / w_max - (devices[0] - devices[1])
+    nearest = (devices[..., None] - targets).abs().argmin(dim=-1)  # (2, O, K): each device's level
+    assert torch.allclose(added, constant[nearest[0]] - constant[nearest[1]], atol=1e-5)
+
+
 def test_nearest_levels_ties_to_the_lower_level_and_nan_to_the_lowest():
     from cimcal.analog.mapping import nearest_levels
 
