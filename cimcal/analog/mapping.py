@@ -101,7 +101,7 @@ def build_conductance_tables(lut: Any, t_s: float | None, generator: torch.Gener
 
     target_unit = unit(targets)
     fine = torch.linspace(0.0, 1.0, N_FINE, dtype=torch.float32)
-    level_of_fine = (fine[:, None] - target_unit[None, :]).abs().argmin(dim=1).to(torch.int32)
+    level_of_fine = nearest_levels(fine, target_unit).to(torch.int32)
     for name, table in (("read", read), ("programmed", programmed), ("read-noise", read_noise)):
         if not torch.isfinite(table).all():
             raise ProfileError(f"conductance model produced non-finite {name} samples at t_s={t_s}")
@@ -211,7 +211,7 @@ def compensate_pairs(
     e_idle = v_idle - target_unit[0]
     active_failed = e_active.abs() >= e_idle.abs()
     want = torch.where(active_failed, target_unit[0] + e_active, target_unit[level] + e_idle)
-    nearest = (want.unsqueeze(-1) - target_unit).abs().argmin(dim=-1).to(level.dtype)
+    nearest = nearest_levels(want, target_unit).to(level.dtype)
     move_idle = active_failed & (nearest != 0)
     move_active = ~active_failed & (nearest != level)
     stay = torch.full_like(nearest, -1)
@@ -321,11 +321,10 @@ def read_back_unit_weight(
 
 def nearest_levels(g_unit: torch.Tensor, target_unit: torch.Tensor) -> torch.Tensor:
     """The level whose target is nearest each conductance ``g_unit`` (unit space, ``(G - g_min) / (g_max -
-    g_min)``; ``target_unit`` sorted ascending), as int64: the state a read-back device sits in, whatever level it
-    was meant for. A tie goes to the lower level; NaN to the lowest."""
-    midpoints = (target_unit[1:] + target_unit[:-1]) / 2
-    g = torch.as_tensor(g_unit, dtype=target_unit.dtype).nan_to_num(nan=float(target_unit[0]))
-    return torch.bucketize(g, midpoints)
+    g_min)``; ``target_unit`` sorted ascending), as int64: the |w| -> level lookup, pair compensation's new level
+    and the state a read-back device sits in. A tie goes to the lower level (torch's argmin, as the kernels'
+    ``_nearest_level``); NaN to the lowest."""
+    return (g_unit.unsqueeze(-1) - target_unit).abs().argmin(dim=-1)
 
 
 def level_unit_weight(w_unit: torch.Tensor, level_of_fine: torch.Tensor, target_unit: torch.Tensor) -> torch.Tensor:
